@@ -30,6 +30,9 @@ class ResponseWriter {
   virtual void send_head(HttpResponseHead head) = 0;  // once, before write/end
   virtual void write(std::string data, std::function<void()> on_flushed = {}) = 0;
   virtual void end() = 0;  // the message is complete; the connection may serve the next one
+  // The body cannot be completed (the file shrank, a read failed): closes
+  // the connection so the peer sees a cut message, never a short one.
+  virtual void abort() = 0;
   virtual bool closed() const = 0;  // peer gone: writes are dropped
   // Runs once if the peer goes away before end() (a long-poll stops waiting).
   virtual void on_abort(std::function<void()> callback) = 0;

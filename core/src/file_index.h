@@ -1,0 +1,97 @@
+// The index: what core knows about every entry of a fileset (type, mode,
+// size, times, inode, content id and chunk list, symlink target, the record
+// that last changed it). It lives in memory as an ordered map, so prefix
+// operations (a directory renamed, a subtree deleted) are range walks, and is
+// persisted in SQLite (WAL) in the state directory, so a restart neither
+// rescans content nor refetches it. A change is made in memory first and
+// written by commit() in one transaction per batch.
+//
+// An Index is used by one thread at a time: the loop, or a thread-pool job
+// that the loop waits for.
+#pragma once
+
+#include <sqlite3.h>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "chunker.h"
+#include "intersync/result.h"
+
+namespace intersync {
+
+enum class FileType : uint8_t { File = 1, Dir = 2, Symlink = 3 };
+
+struct FileState {
+  FileType type = FileType::File;
+  uint32_t mode = 0;  // permission bits (07777)
+  uint32_t uid = 0, gid = 0;
+  uint64_t size = 0;
+  int64_t mtime_ns = 0;
+  int64_t ctime_ns = 0;
+  uint64_t ino = 0;
+  Hash content_id{};
+  std::string chunks;  // packed (pack_chunks); empty for a single-chunk file
+  uint32_t nchunks = 0;
+  std::string target;    // symlink target
+  uint32_t version = 0;  // record number that last changed it
+};
+
+struct HashKey {
+  size_t operator()(const Hash& h) const {
+    size_t v;
+    static_assert(sizeof v <= sizeof h);
+    __builtin_memcpy(&v, h.data(), sizeof v);
+    return v;
+  }
+};
+
+class FileIndex {
+ public:
+  FileIndex() = default;
+  ~FileIndex();
+  FileIndex(const FileIndex&) = delete;
+  FileIndex& operator=(const FileIndex&) = delete;
+
+  // Opens (creating) the database and loads every entry.
+  Status open(const std::string& db_path);
+  void close();
+
+  const FileState* find(const std::string& path) const;
+  void put(const std::string& path, const FileState& st);
+  void erase(const std::string& path);
+  // Moves `from` and everything beneath it to `to`.
+  void rename_tree(const std::string& from, const std::string& to);
+  // Paths strictly beneath `dir`, in order (parents before children).
+  std::vector<std::string> paths_under(const std::string& dir) const;
+  // Some path whose content id is `id`, if any.
+  std::optional<std::string> path_of_content(const Hash& id) const;
+
+  const std::map<std::string, FileState>& entries() const { return entries_; }
+  size_t size() const { return entries_.size(); }
+
+  std::optional<std::string> meta(const std::string& key) const;
+  void set_meta(const std::string& key, const std::string& value);
+
+  // Writes every change since the last commit in one transaction.
+  Status commit();
+
+ private:
+  void index_content(const std::string& path, const FileState& st);
+  void unindex_content(const std::string& path, const FileState& st);
+  Status exec(const char* sql);
+
+  sqlite3* db_ = nullptr;
+  std::string db_path_;
+  std::map<std::string, FileState> entries_;
+  std::unordered_map<Hash, std::set<std::string>, HashKey> by_content_;
+  std::set<std::string> dirty_;  // put or erased since the last commit
+  std::map<std::string, std::string> meta_, dirty_meta_;
+};
+
+}  // namespace intersync

@@ -1,0 +1,990 @@
+// Client-side replication: follow the journal, fetch content, apply batches
+// atomically and durably; see fileset_client.h.
+#include "fileset_client.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uuid/uuid.h>
+
+#include <charconv>
+#include <cstring>
+#include <ctime>
+#include <map>
+#include <random>
+
+#include "intersync/log.h"
+#include "protocol.h"
+
+namespace intersync {
+namespace {
+
+constexpr size_t kBatchRecords = 8192;
+constexpr uint64_t kBatchSmallBytes = 64ull << 20;  // content held in memory per batch
+constexpr size_t kBatchLargeFiles = 16;
+constexpr size_t kBulkIds = 1024;
+constexpr uint64_t kBulkBytes = 8ull << 20;
+constexpr uint64_t kMaxPending = 50000;  // records received ahead of applying
+constexpr unsigned kPollWait = 25;       // seconds a long-poll waits on the server
+constexpr uint64_t kMaxBackoffMs = 30000;
+
+uint64_t unix_now() { return static_cast<uint64_t>(time(nullptr)); }
+
+int64_t mtime_ns(const struct stat& st) {
+  return int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+}
+
+uint64_t get_u64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = v << 8 | static_cast<uint8_t>(p[i]);
+  return v;
+}
+
+std::string temp_name(const std::string& name) {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  char buf[17];
+  snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(rng()));
+  // Keep the whole name within NAME_MAX whatever the original length.
+  return "." + name.substr(0, 200) + ".intersync-" + buf + ".tmp";
+}
+
+// The paths a record names, checked the way every path from the network is.
+bool record_paths_ok(KmlRecord& r, std::string* why) {
+  auto check = [&](std::string& p, bool may_be_root) {
+    auto n = normalize_rel_path(p);
+    if (!n) {
+      *why = n.error().message;
+      return false;
+    }
+    if ((!may_be_root && n->empty()) || is_internal_path(*n)) {
+      *why = "path '" + p + "' is not replicable";
+      return false;
+    }
+    p = *n;
+    return true;
+  };
+  switch (r.opcode) {
+    case KmlOp::Create:
+    case KmlOp::Mkdir:
+    case KmlOp::Symlink:
+    case KmlOp::Content:
+    case KmlOp::Close:
+      return check(r.path, false);
+    case KmlOp::Setattr:
+      return check(r.path, true);
+    case KmlOp::Unlink:
+    case KmlOp::Rmdir: {
+      if (!check(r.dir, true)) return false;
+      if (r.name.empty() || r.name.find('/') != std::string::npos || r.name == "." ||
+          r.name == "..") {
+        *why = "bad entry name '" + r.name + "'";
+        return false;
+      }
+      r.path = join_rel(r.dir, r.name);
+      return check(r.path, false);
+    }
+    case KmlOp::Rename:
+    case KmlOp::Link:
+      return check(r.src, false) && check(r.target, false);
+    default:
+      return true;  // NOOP and opcodes we do not apply carry no path we use
+  }
+}
+
+}  // namespace
+
+// One unit of application: records in order, the small contents fetched for
+// them, and the large contents staged in tmp/.
+struct FilesetClient::Batch {
+  std::vector<KmlRecord> records;
+  std::map<Hash, std::string> small;  // content id -> bytes (unverified)
+  std::set<Hash> staged;              // content ids downloaded to tmp/<hex>
+  uint32_t last_recno = 0;
+  // Filled by the job:
+  uint32_t applied_upto = 0;
+  size_t skipped = 0;
+  std::string error;
+};
+
+namespace {
+
+// Everything the thread-pool job needs; the loop does not touch the index
+// while a job runs.
+struct ApplyJob {
+  uv_work_t work{};
+  std::unique_ptr<FilesetClient::Batch> batch;
+  const SafeRoot* root = nullptr;
+  FileIndex* index = nullptr;
+  std::string tmp_dir;
+  std::string last_rcvd;
+  std::string server_uuid;
+  std::string fset;
+  size_t entries = 0;
+  std::function<void(ApplyJob*)> done;
+};
+
+class Applier {
+ public:
+  explicit Applier(ApplyJob& job) : job_(job), root_(*job.root), index_(*job.index) {}
+
+  void run() {
+    auto& recs = job_.batch->records;
+    for (size_t i = 0; i < recs.size(); ++i) {
+      std::string err;
+      if (!apply(recs, i, &err)) {
+        job_.batch->error = err;
+        break;
+      }
+      job_.batch->applied_upto = recs[i].recno;
+    }
+    if (job_.batch->applied_upto == 0) return;
+    // One durability point for the whole batch, then the bookkeeping.
+    auto root_dir = root_.open_beneath("", O_RDONLY | O_DIRECTORY);
+    if (!root_dir || syncfs(root_dir->get()) != 0) {
+      job_.batch->error = "syncfs of " + root_.path() + " failed: " +
+                          (root_dir ? strerror(errno) : root_dir.error().message);
+      job_.batch->applied_upto = 0;
+      return;
+    }
+    index_.set_meta("server_uuid", job_.server_uuid);
+    index_.set_meta("applied", std::to_string(job_.batch->applied_upto));
+    if (Status s = index_.commit(); !s) {
+      job_.batch->error = s.error().message;
+      job_.batch->applied_upto = 0;
+      return;
+    }
+    LastRcvdEntry e;
+    uuid_t u;
+    if (uuid_parse(job_.server_uuid.c_str(), u) == 0) std::memcpy(e.uuid.data(), u, 16);
+    e.remote_recno = job_.batch->applied_upto;
+    e.last_ctime = static_cast<uint64_t>(time(nullptr));
+    if (Status s = last_rcvd_update(job_.last_rcvd, e); !s) {
+      job_.batch->error = s.error().message;
+      job_.batch->applied_upto = 0;
+    }
+    for (const auto& id : job_.batch->staged) unlink((job_.tmp_dir + "/" + hash_hex(id)).c_str());
+    job_.entries = index_.size();
+  }
+
+ private:
+  bool fail(std::string* err, const std::string& what, int e) {
+    *err = what + ": " + strerror(e);
+    return false;
+  }
+
+  // Records the state of `name` in `dirfd` as the index entry for `path`.
+  void index_from_disk(int dirfd, const std::string& name, const std::string& path,
+                       FileState fs) {
+    struct stat st;
+    if (fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return;
+    fs.mode = st.st_mode & 07777;
+    fs.uid = st.st_uid;
+    fs.gid = st.st_gid;
+    fs.size = S_ISDIR(st.st_mode) ? 0 : static_cast<uint64_t>(st.st_size);
+    fs.mtime_ns = mtime_ns(st);
+    fs.ctime_ns = int64_t(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
+    fs.ino = st.st_ino;
+    index_.put(path, fs);
+  }
+
+  bool apply(std::vector<KmlRecord>& recs, size_t i, std::string* err) {
+    KmlRecord& r = recs[i];
+    std::string name;
+    auto parent = root_.open_parent(r.opcode == KmlOp::Rename || r.opcode == KmlOp::Link
+                                        ? r.target
+                                        : r.path,
+                                    &name);
+    switch (r.opcode) {
+      case KmlOp::Mkdir: {
+        if (!parent) return skip(r, parent.error().message);
+        if (mkdirat(parent->get(), name.c_str(), r.mode & 07777) != 0 && errno != EEXIST) {
+          return fail(err, root_.path() + "/" + r.path, errno);
+        }
+        fchmodat(parent->get(), name.c_str(), r.mode & 07777, 0);
+        FileState fs;
+        fs.type = FileType::Dir;
+        fs.version = r.recno;
+        index_from_disk(parent->get(), name, r.path, fs);
+        return true;
+      }
+      case KmlOp::Create: {
+        // The server writes CREATE, CLOSE, CONTENT for a new file: the
+        // CONTENT brings the file, an empty one in between is not needed.
+        if (i + 2 < recs.size() && recs[i + 2].opcode == KmlOp::Content &&
+            recs[i + 2].path == r.path) {
+          return true;
+        }
+        if (!parent) return skip(r, parent.error().message);
+        int fd = openat(parent->get(), name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                        r.mode & 07777);
+        if (fd < 0) {
+          if (errno == EEXIST) return true;
+          return fail(err, root_.path() + "/" + r.path, errno);
+        }
+        ::close(fd);
+        FileState fs;
+        fs.content_id = content_id_of({});
+        fs.version = r.recno;
+        index_from_disk(parent->get(), name, r.path, fs);
+        return true;
+      }
+      case KmlOp::Content:
+        if (!parent) return skip(r, parent.error().message);
+        return apply_content(r, parent->get(), name, err);
+      case KmlOp::Symlink: {
+        if (!parent) return skip(r, parent.error().message);
+        char buf[4096];
+        ssize_t n = readlinkat(parent->get(), name.c_str(), buf, sizeof buf);
+        if (n < 0 || std::string_view(buf, static_cast<size_t>(n)) != r.target) {
+          std::string tmp = temp_name(name);
+          if (symlinkat(r.target.c_str(), parent->get(), tmp.c_str()) != 0) {
+            return fail(err, root_.path() + "/" + r.path, errno);
+          }
+          if (renameat(parent->get(), tmp.c_str(), parent->get(), name.c_str()) != 0) {
+            int e = errno;
+            unlinkat(parent->get(), tmp.c_str(), 0);
+            if (e == EISDIR || e == ENOTEMPTY) return skip(r, "a directory is in the way");
+            return fail(err, root_.path() + "/" + r.path, e);
+          }
+        }
+        FileState fs;
+        fs.type = FileType::Symlink;
+        fs.target = r.target;
+        fs.version = r.recno;
+        index_from_disk(parent->get(), name, r.path, fs);
+        return true;
+      }
+      case KmlOp::Unlink:
+      case KmlOp::Rmdir: {
+        if (!parent) {
+          index_.erase(r.path);
+          return true;  // the parent is gone already: so is the entry
+        }
+        int flags = r.opcode == KmlOp::Rmdir ? AT_REMOVEDIR : 0;
+        if (unlinkat(parent->get(), name.c_str(), flags) != 0 && errno != ENOENT) {
+          if (errno == ENOTEMPTY || errno == EISDIR || errno == ENOTDIR) {
+            return skip(r, strerror(errno));
+          }
+          return fail(err, root_.path() + "/" + r.path, errno);
+        }
+        for (const auto& p : index_.paths_under(r.path)) index_.erase(p);
+        index_.erase(r.path);
+        return true;
+      }
+      case KmlOp::Rename: {
+        std::string src_name;
+        auto src_parent = root_.open_parent(r.src, &src_name);
+        if (!parent || !src_parent) return skip(r, "a parent directory is missing");
+        if (renameat(src_parent->get(), src_name.c_str(), parent->get(), name.c_str()) != 0) {
+          if (errno == ENOENT) return true;  // applied before a crash, or never had it
+          if (errno == ENOTEMPTY || errno == EEXIST || errno == EISDIR || errno == ENOTDIR) {
+            return skip(r, strerror(errno));
+          }
+          return fail(err, root_.path() + "/" + r.src, errno);
+        }
+        if (const FileState* old = index_.find(r.target); old && old->type == FileType::Dir) {
+          for (const auto& p : index_.paths_under(r.target)) index_.erase(p);
+        }
+        index_.erase(r.target);
+        index_.rename_tree(r.src, r.target);
+        if (const FileState* moved = index_.find(r.target)) {
+          FileState fs = *moved;
+          fs.version = r.recno;
+          index_from_disk(parent->get(), name, r.target, fs);
+        }
+        return true;
+      }
+      case KmlOp::Setattr: {
+        if (!parent) return skip(r, parent.error().message);
+        const FileState* idx = index_.find(r.path);
+        if (!idx) return skip(r, "not here");
+        if ((r.valid & kAttrMode) && idx->type != FileType::Symlink) {
+          if (fchmodat(parent->get(), name.c_str(), r.mode & 07777, 0) != 0 && errno != ENOENT) {
+            return fail(err, root_.path() + "/" + r.path, errno);
+          }
+        }
+        if (r.valid & kAttrMtime) {
+          struct timespec ts[2] = {{0, UTIME_OMIT}, {time_t(r.mtime_sec), long(r.mtime_nsec)}};
+          utimensat(parent->get(), name.c_str(), ts, AT_SYMLINK_NOFOLLOW);
+        }
+        FileState fs = *idx;
+        fs.version = r.recno;
+        index_from_disk(parent->get(), name, r.path, fs);
+        return true;
+      }
+      case KmlOp::Link: {
+        std::string src_name;
+        auto src_parent = root_.open_parent(r.src, &src_name);
+        if (!parent || !src_parent) return skip(r, "a parent directory is missing");
+        if (linkat(src_parent->get(), src_name.c_str(), parent->get(), name.c_str(), 0) != 0 &&
+            errno != EEXIST) {
+          return skip(r, strerror(errno));
+        }
+        if (const FileState* src = index_.find(r.src)) {
+          FileState fs = *src;
+          fs.version = r.recno;
+          index_from_disk(parent->get(), name, r.target, fs);
+        }
+        return true;
+      }
+      default:
+        return true;  // CLOSE (CONTENT carries the data), NOOP, unknown opcodes
+    }
+  }
+
+  bool skip(const KmlRecord& r, const std::string& why) {
+    ++job_.batch->skipped;
+    log_warn("fileset '{}': record {} ({} {}) not applied: {}", job_.fset, r.recno,
+             kml_op_name(r.opcode), r.path.empty() ? r.src : r.path, why);
+    return true;
+  }
+
+  // Writes `bytes` to a temporary name beside the target and renames it into
+  // place, with the record's mode and mtime.
+  bool install_bytes(const KmlRecord& r, int dirfd, const std::string& name,
+                     std::string_view bytes, std::string* err) {
+    std::string tmp = temp_name(name);
+    int fd = openat(dirfd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return fail(err, root_.path() + "/" + r.path, errno);
+    size_t off = 0;
+    while (off < bytes.size()) {
+      ssize_t n = write(fd, bytes.data() + off, bytes.size() - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        int e = errno;
+        ::close(fd);
+        unlinkat(dirfd, tmp.c_str(), 0);
+        return fail(err, root_.path() + "/" + r.path, e);
+      }
+      off += static_cast<size_t>(n);
+    }
+    return finish_install(r, fd, dirfd, tmp, name, err);
+  }
+
+  bool finish_install(const KmlRecord& r, int fd, int dirfd, const std::string& tmp,
+                      const std::string& name, std::string* err) {
+    fchmod(fd, r.mode & 07777);
+    struct timespec ts[2] = {{0, UTIME_OMIT},
+                             {time_t(r.v_obj_new.mtime_sec), long(r.v_obj_new.mtime_nsec)}};
+    futimens(fd, ts);
+    ::close(fd);
+    if (renameat(dirfd, tmp.c_str(), dirfd, name.c_str()) != 0) {
+      int e = errno;
+      unlinkat(dirfd, tmp.c_str(), 0);
+      if (e == EISDIR || e == ENOTEMPTY) return skip(r, "a directory is in the way");
+      return fail(err, root_.path() + "/" + r.path, e);
+    }
+    return true;
+  }
+
+  bool apply_content(const KmlRecord& r, int dirfd, const std::string& name, std::string* err) {
+    FilesetClient::Batch& b = *job_.batch;
+    const FileState* idx = index_.find(r.path);
+    struct stat st;
+    bool exists = fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+    FileState fs;
+    fs.type = FileType::File;
+    fs.content_id = r.hash;
+    fs.nchunks = r.nchunks;
+    fs.version = r.recno;
+    int64_t want_mtime = int64_t(r.v_obj_new.mtime_sec) * 1000000000 + r.v_obj_new.mtime_nsec;
+    if (idx && exists && idx->content_id == r.hash && S_ISREG(st.st_mode) &&
+        static_cast<uint64_t>(st.st_size) == idx->size && mtime_ns(st) == idx->mtime_ns &&
+        st.st_ino == idx->ino) {
+      // Already here (a replay after a crash, or the same bytes twice).
+      if ((st.st_mode & 07777) != (r.mode & 07777)) fchmodat(dirfd, name.c_str(), r.mode & 07777, 0);
+      if (mtime_ns(st) != want_mtime) {
+        struct timespec ts[2] = {{0, UTIME_OMIT},
+                                 {time_t(r.v_obj_new.mtime_sec), long(r.v_obj_new.mtime_nsec)}};
+        utimensat(dirfd, name.c_str(), ts, AT_SYMLINK_NOFOLLOW);
+      }
+      fs.chunks = idx->chunks;
+      index_from_disk(dirfd, name, r.path, fs);
+      return true;
+    }
+    if (r.nchunks == 0 && r.size == 0) {
+      if (!install_bytes(r, dirfd, name, {}, err)) return false;
+      index_from_disk(dirfd, name, r.path, fs);
+      return true;
+    }
+    if (auto it = b.small.find(r.hash); it != b.small.end()) {
+      Manifest m = manifest_of(it->second);
+      if (m.content_id != r.hash) return skip(r, "received bytes do not match the content id");
+      if (m.chunks.size() > 1) fs.chunks = pack_chunks(m.chunks);
+      if (!install_bytes(r, dirfd, name, it->second, err)) return false;
+      index_from_disk(dirfd, name, r.path, fs);
+      return true;
+    }
+    std::string hex = hash_hex(r.hash);
+    if (b.staged.count(r.hash)) {
+      std::string staged = job_.tmp_dir + "/" + hex;
+      int fd = ::open(staged.c_str(), O_RDWR | O_CLOEXEC);
+      if (fd >= 0) {
+        auto m = manifest_of_fd(fd);
+        if (m && m->content_id == r.hash) {
+          if (m->chunks.size() > 1) fs.chunks = pack_chunks(m->chunks);
+          // Move the staged file beside the target, then rename into place.
+          std::string tmp = temp_name(name);
+          if (renameat(AT_FDCWD, staged.c_str(), dirfd, tmp.c_str()) == 0) {
+            b.staged.erase(r.hash);
+            if (!finish_install(r, fd, dirfd, tmp, name, err)) return false;
+            index_from_disk(dirfd, name, r.path, fs);
+            return true;
+          }
+        }
+        ::close(fd);
+        unlink(staged.c_str());
+        b.staged.erase(r.hash);
+        if (!m || m->content_id != r.hash) return skip(r, "downloaded file does not match");
+      }
+    }
+    if (auto local = index_.path_of_content(r.hash)) {
+      // The same bytes are already here under another name: copy them.
+      const FileState* src = index_.find(*local);
+      auto in = root_.open_beneath(*local, O_RDONLY | O_NOFOLLOW);
+      struct stat sst;
+      if (src && in && fstat(in->get(), &sst) == 0 &&
+          static_cast<uint64_t>(sst.st_size) == src->size && mtime_ns(sst) == src->mtime_ns) {
+        std::string tmp = temp_name(name);
+        int fd = openat(dirfd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0) return fail(err, root_.path() + "/" + r.path, errno);
+        off_t in_off = 0;
+        uint64_t left = src->size;
+        while (left > 0) {
+          ssize_t n = copy_file_range(in->get(), &in_off, fd, nullptr, left, 0);
+          if (n <= 0) {
+            int e = n < 0 ? errno : EIO;
+            ::close(fd);
+            unlinkat(dirfd, tmp.c_str(), 0);
+            return fail(err, root_.path() + "/" + r.path, e);
+          }
+          left -= static_cast<uint64_t>(n);
+        }
+        fs.chunks = src->chunks;
+        if (!finish_install(r, fd, dirfd, tmp, name, err)) return false;
+        index_from_disk(dirfd, name, r.path, fs);
+        return true;
+      }
+    }
+    // The server no longer has these bytes: a later record replaces them.
+    ++b.skipped;
+    log_debug("fileset '{}': record {}: content of {} no longer available", job_.fset, r.recno,
+              r.path);
+    return true;
+  }
+
+  ApplyJob& job_;
+  const SafeRoot& root_;
+  FileIndex& index_;
+};
+
+}  // namespace
+
+FilesetClient::FilesetClient(uv_loop_t* loop, FilesetConfig config, std::string state_dir)
+    : loop_(loop),
+      config_(std::move(config)),
+      state_dir_(std::move(state_dir)),
+      retry_timer_(loop) {}
+
+FilesetClient::~FilesetClient() {
+  *alive_ = false;
+  stop();
+}
+
+Status FilesetClient::start(std::unique_ptr<Transport> transport) {
+  auto dir = prepare_fileset_dir(config_.path, config_.name);
+  if (!dir) return dir.error();
+  dir_ = *dir;
+  if (Status s = root_.open(config_.path); !s) return s;
+  if (Status s = index_.open(state_dir_ + "/" + config_.name + ".db"); !s) return s;
+  entries_ = index_.size();
+  transport_ = std::move(transport);
+  ClientTarget target;
+  target.host = config_.server_host;
+  target.port = config_.server_port;
+  target.user = config_.server_user;
+  session_ = transport_->connect(loop_, target);
+  log_info("fileset '{}': replicating {} from {}:{}", config_.name, config_.path,
+           config_.server_host, config_.server_port);
+  connect();
+  return {};
+}
+
+void FilesetClient::stop() {
+  if (state_ == State::Stopped) return;
+  state_ = State::Stopped;
+  ++generation_;
+  retry_timer_.stop();
+  if (session_) session_->close();
+  if (transport_) transport_->stop();
+}
+
+HttpRequestHead FilesetClient::request_head(const std::string& method,
+                                            const std::string& endpoint) const {
+  HttpRequestHead h;
+  h.method = method;
+  h.target = protocol::url(url_encode_path(config_.name), endpoint);
+  if (!config_.auth_none) h.headers.set("Authorization", "Bearer " + config_.token);
+  return h;
+}
+
+void FilesetClient::set_error(const std::string& e) { last_error_ = e; }
+
+// Collects a small response body and calls back with status and body.
+static ResponseCallbacks collect(std::function<void(Status, int, HttpResponseHead&, std::string&)> cb,
+                                 size_t limit = 256u << 20) {
+  struct State {
+    HttpResponseHead head;
+    std::string body;
+    bool too_big = false;
+  };
+  auto st = std::make_shared<State>();
+  ResponseCallbacks c;
+  c.on_head = [st](HttpResponseHead& h) { st->head = h; };
+  c.on_body = [st, limit](std::string_view d) {
+    if (st->body.size() + d.size() > limit) {
+      st->too_big = true;
+      return;
+    }
+    st->body.append(d);
+  };
+  c.on_done = [st, cb = std::move(cb)](Status s) {
+    if (s && st->too_big) s = make_error(-E2BIG, "response too large");
+    cb(s, st->head.status, st->head, st->body);
+  };
+  return c;
+}
+
+void FilesetClient::connect() {
+  if (state_ == State::Stopped) return;
+  uint64_t gen = ++generation_;
+  auto alive = std::weak_ptr<bool>(alive_);
+  session_->send(
+      request_head("GET", "info"), {},
+      collect([this, gen, alive](Status s, int status, HttpResponseHead&, std::string& body) {
+        if (alive.expired() || gen != generation_) return;
+        if (!s) return lost(s.error().message);
+        if (status != 200) return lost("info answered " + std::to_string(status) + ": " + body);
+        auto j = nlohmann::json::parse(body, nullptr, false);
+        if (j.is_discarded() || !j.contains("uuid") || !j.contains("head")) {
+          return lost("info answer is not valid JSON");
+        }
+        std::string uuid = j["uuid"].get<std::string>();
+        server_head_ = j["head"].get<uint32_t>();
+        if (server_uuid_.empty() || uuid != server_uuid_) {
+          // Resume from last_rcvd of this server's journal, if we have one.
+          applied_ = 0;
+          uuid_t u;
+          if (uuid_parse(uuid.c_str(), u) == 0) {
+            if (auto entries = last_rcvd_read(dir_.last_rcvd); entries) {
+              for (const auto& e : *entries) {
+                if (std::memcmp(e.uuid.data(), u, 16) == 0) {
+                  applied_ = static_cast<uint32_t>(e.remote_recno);
+                }
+              }
+            }
+          }
+          if (!server_uuid_.empty()) {
+            log_warn("fileset '{}': the server's journal changed identity ({} -> {}); "
+                     "replaying it from record {}",
+                     config_.name, server_uuid_, uuid, applied_);
+          }
+          server_uuid_ = uuid;
+          pending_.clear();
+          received_ = applied_;
+        }
+        if (state_ == State::Disconnected) {
+          log_info("fileset '{}': reconnected to {}:{} after {} s (server head {}, last_rcvd {})",
+                   config_.name, config_.server_host, config_.server_port,
+                   unix_now() - disconnected_since_, server_head_, applied_);
+        } else {
+          log_info("fileset '{}': connected to {}:{} (server head {}, last_rcvd {})",
+                   config_.name, config_.server_host, config_.server_port, server_head_,
+                   applied_);
+        }
+        state_ = State::Connected;
+        backoff_ms_ = 0;
+        last_error_.clear();
+        poll();
+        next_batch();
+      }));
+}
+
+void FilesetClient::lost(const std::string& why) {
+  if (state_ == State::Stopped) return;
+  ++generation_;
+  poll_call_.reset();
+  fetching_.reset();
+  fetches_in_flight_ = 0;
+  pending_bytes_ = 0;
+  if (state_ != State::Disconnected) {
+    disconnected_since_ = unix_now();
+    log_warn("fileset '{}': lost the server {}:{}: {}", config_.name, config_.server_host,
+             config_.server_port, why);
+  }
+  state_ = State::Disconnected;
+  last_error_ = why;
+  // Drop every connection: calls still in flight belong to the old session.
+  session_->close();
+  ClientTarget target;
+  target.host = config_.server_host;
+  target.port = config_.server_port;
+  target.user = config_.server_user;
+  session_ = transport_->connect(loop_, target);
+  backoff_ms_ = backoff_ms_ == 0 ? 500 : std::min(backoff_ms_ * 2, kMaxBackoffMs);
+  log_info("fileset '{}': retrying in {} ms", config_.name, backoff_ms_);
+  retry_timer_.start(backoff_ms_, [this] { connect(); });
+}
+
+void FilesetClient::poll() {
+  if (state_ != State::Connected || poll_call_ || pending_.size() >= kMaxPending) return;
+  uint64_t gen = generation_;
+  auto alive = std::weak_ptr<bool>(alive_);
+  std::string endpoint = "kml?since=" + std::to_string(received_) +
+                         "&wait=" + std::to_string(kPollWait) + "&uuid=" + server_uuid_;
+  poll_call_ = session_->send(
+      request_head("GET", endpoint), {},
+      collect([this, gen, alive](Status s, int status, HttpResponseHead& head, std::string& body) {
+        if (alive.expired() || gen != generation_) return;
+        poll_call_.reset();
+        if (!s) return lost(s.error().message);
+        if (status == 409) {
+          log_warn("fileset '{}': {}", config_.name, body);
+          server_uuid_.clear();  // learn the new identity, resume from its last_rcvd
+          return connect();
+        }
+        if (status != 200) return lost("kml answered " + std::to_string(status) + ": " + body);
+        uint32_t head_recno = 0;
+        if (auto h = head.headers.get(protocol::kHeaderHead)) {
+          std::from_chars(h->data(), h->data() + h->size(), head_recno);
+        }
+        on_records(std::move(body), head_recno);
+        poll();
+      }));
+}
+
+void FilesetClient::on_records(std::string bytes, uint32_t head) {
+  if (head > server_head_) server_head_ = head;
+  if (bytes.empty()) return;
+  bytes_received_ += bytes.size();
+  KmlScan scan = kml_scan(bytes);
+  for (const auto& p : scan.problems) {
+    log_error("fileset '{}': bad journal record from the server at byte {}: {}", config_.name,
+              p.offset, p.reason);
+  }
+  for (auto& e : scan.entries) {
+    if (e.record.recno <= received_) continue;  // a repeat after a reconnect
+    if (e.record.recno != received_ + 1) {
+      set_error("journal from the server skips from record " + std::to_string(received_) +
+                " to " + std::to_string(e.record.recno));
+      log_error("fileset '{}': {}; asking again", config_.name, last_error_);
+      break;
+    }
+    received_ = e.record.recno;
+    pending_.push_back(std::move(e.record));
+  }
+  next_batch();
+}
+
+void FilesetClient::next_batch() {
+  if (state_ != State::Connected || fetching_ || pending_.empty()) return;
+  auto batch = std::make_unique<Batch>();
+  std::vector<Hash> small;
+  std::set<Hash> wanted;
+  uint64_t small_bytes = 0;
+  while (!pending_.empty() && batch->records.size() < kBatchRecords &&
+         small_bytes < kBatchSmallBytes && batch->staged.size() < kBatchLargeFiles) {
+    KmlRecord r = std::move(pending_.front());
+    pending_.pop_front();
+    std::string why;
+    if (!record_paths_ok(r, &why)) {
+      log_error("fileset '{}': refusing record {} from the server: {}", config_.name, r.recno,
+                why);
+      r.opcode = KmlOp::Noop;
+    }
+    if (r.opcode == KmlOp::Content && r.size > 0 && !wanted.count(r.hash)) {
+      const FileState* idx = index_.find(r.path);
+      bool have = (idx && idx->content_id == r.hash) || index_.path_of_content(r.hash);
+      if (!have) {
+        wanted.insert(r.hash);
+        if (r.size <= protocol::kSmallFile) {
+          small.push_back(r.hash);
+          small_bytes += r.size;
+        } else {
+          batch->staged.insert(r.hash);
+          pending_bytes_ += r.size;
+        }
+      }
+    }
+    batch->last_recno = r.recno;
+    batch->records.push_back(std::move(r));
+  }
+  for (const auto& id : small) (void)id;
+  pending_bytes_ += small_bytes;
+  fetching_ = std::move(batch);
+  fetches_in_flight_ = 1;  // released below, after every fetch is issued
+  for (size_t i = 0; i < small.size(); i += kBulkIds) {
+    fetch_small(std::vector<Hash>(small.begin() + i,
+                                  small.begin() + std::min(small.size(), i + kBulkIds)));
+  }
+  for (const auto& id : std::set<Hash>(fetching_->staged)) {
+    uint64_t size = 0;
+    for (const auto& r : fetching_->records) {
+      if (r.opcode == KmlOp::Content && r.hash == id) size = r.size;
+    }
+    fetch_large(id, size);
+  }
+  fetch_done();
+}
+
+void FilesetClient::fetch_done() {
+  if (--fetches_in_flight_ > 0 || !fetching_) return;
+  if (applying_) return;  // apply() picks it up when the running job ends
+  apply(std::move(fetching_));
+}
+
+void FilesetClient::fetch_small(std::vector<Hash> ids) {
+  std::string body;
+  for (const auto& id : ids) body += hash_hex(id) + "\n";
+  ++fetches_in_flight_;
+  uint64_t gen = generation_;
+  auto alive = std::weak_ptr<bool>(alive_);
+  session_->send(
+      request_head("POST", "contents"), std::move(body),
+      collect([this, gen, alive, ids](Status s, int status, HttpResponseHead&, std::string& data) {
+        if (alive.expired() || gen != generation_) return;
+        if (!s) return lost(s.error().message);
+        if (status != 200) return lost("contents answered " + std::to_string(status));
+        size_t pos = 0;
+        for (const auto& id : ids) {
+          if (pos + 8 > data.size()) return lost("contents answer is cut short");
+          uint64_t len = get_u64(data.data() + pos);
+          pos += 8;
+          if (len == UINT64_MAX) continue;
+          if (len > data.size() - pos) return lost("contents answer is cut short");
+          fetching_->small[id] = data.substr(pos, len);
+          pending_bytes_ -= std::min<uint64_t>(pending_bytes_, len);
+          bytes_received_ += len;
+          pos += len;
+        }
+        fetch_done();
+      }));
+}
+
+namespace {
+
+// Streams one response body into a staging file with uv_fs_write, pausing
+// the call while more than a few MiB wait for the disk.
+struct StagedDownload : std::enable_shared_from_this<StagedDownload> {
+  uv_loop_t* loop = nullptr;
+  int fd = -1;
+  uint64_t offset = 0;
+  uint64_t queued = 0;
+  int write_error = 0;
+  bool paused = false;
+  bool response_done = false;
+  Status response_status;
+  int http_status = 0;
+  std::shared_ptr<ClientCall> call;
+  std::function<void(StagedDownload&)> finished;
+
+  ~StagedDownload() {
+    if (fd >= 0) ::close(fd);
+  }
+
+  void write(std::string_view data) {
+    struct Req {
+      uv_fs_t fs;
+      std::string buf;
+      std::shared_ptr<StagedDownload> owner;
+    };
+    auto* req = new Req{{}, std::string(data), shared_from_this()};
+    req->fs.data = req;
+    uv_buf_t b = uv_buf_init(req->buf.data(), static_cast<unsigned>(req->buf.size()));
+    queued += data.size();
+    int64_t at = static_cast<int64_t>(offset);
+    offset += data.size();
+    uv_fs_write(loop, &req->fs, fd, &b, 1, at, [](uv_fs_t* f) {
+      std::unique_ptr<Req> r(static_cast<Req*>(f->data));
+      auto& self = *r->owner;
+      if (f->result < 0 && self.write_error == 0) self.write_error = static_cast<int>(f->result);
+      self.queued -= r->buf.size();
+      uv_fs_req_cleanup(f);
+      if (self.paused && self.queued < (2u << 20) && self.call) {
+        self.paused = false;
+        self.call->resume();
+      }
+      self.maybe_finish();
+    });
+    if (queued > (8u << 20) && call && !paused) {
+      paused = true;
+      call->pause();
+    }
+  }
+
+  void maybe_finish() {
+    if (!response_done || queued > 0 || !finished) return;
+    auto f = std::move(finished);
+    finished = nullptr;
+    f(*this);
+  }
+};
+
+}  // namespace
+
+void FilesetClient::fetch_large(const Hash& id, uint64_t size) {
+  std::string hex = hash_hex(id);
+  std::string final_path = dir_.tmp + "/" + hex;
+  struct stat st;
+  if (::stat(final_path.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_size) == size) {
+    pending_bytes_ -= std::min(pending_bytes_, size);
+    return;  // downloaded before a restart; verified when applied
+  }
+  std::string part = final_path + ".part";
+  uint64_t have = 0;
+  if (::stat(part.c_str(), &st) == 0) have = static_cast<uint64_t>(st.st_size);
+  if (have >= size) have = 0;
+  int fd = ::open(part.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    set_error(part + ": " + strerror(errno));
+    fetching_->staged.erase(id);
+    return;
+  }
+  auto dl = std::make_shared<StagedDownload>();
+  dl->loop = loop_;
+  dl->fd = fd;
+  dl->offset = have;
+  ++fetches_in_flight_;
+  uint64_t gen = generation_;
+  auto alive = std::weak_ptr<bool>(alive_);
+  dl->finished = [this, gen, alive, id, part, final_path, size](StagedDownload& d) {
+    if (alive.expired() || gen != generation_) return;
+    if (d.write_error != 0) {
+      set_error(part + ": " + uv_strerror(d.write_error));
+      return lost("cannot write " + part + ": " + uv_strerror(d.write_error));
+    }
+    if (!d.response_status) return lost(d.response_status.error().message);
+    if (d.http_status == 404) {
+      // Gone from the server: a later record replaces it.
+      fetching_->staged.erase(id);
+      ::unlink(part.c_str());
+    } else if (d.http_status == 200 || d.http_status == 206) {
+      ::close(d.fd);
+      d.fd = -1;
+      if (::truncate(part.c_str(), static_cast<off_t>(d.offset)) != 0 ||
+          ::rename(part.c_str(), final_path.c_str()) != 0) {
+        return lost("cannot stage " + final_path + ": " + strerror(errno));
+      }
+    } else {
+      return lost("content answered " + std::to_string(d.http_status));
+    }
+    fetch_done();
+  };
+  HttpRequestHead head = request_head("GET", "content/" + hex);
+  if (have > 0) {
+    head.headers.set("Range", "bytes=" + std::to_string(have) + "-");
+    log_info("fileset '{}': resuming download of {} at byte {} of {}", config_.name, hex, have,
+             size);
+  }
+  ResponseCallbacks cb;
+  std::weak_ptr<StagedDownload> weak = dl;
+  cb.on_head = [weak, this](HttpResponseHead& h) {
+    auto d = weak.lock();
+    if (!d) return;
+    d->http_status = h.status;
+    if (h.status == 200) d->offset = 0;  // Range not honoured: start over
+  };
+  cb.on_body = [weak, this](std::string_view data) {
+    auto d = weak.lock();
+    if (!d || (d->http_status != 200 && d->http_status != 206)) return;
+    bytes_received_ += data.size();
+    pending_bytes_ -= std::min<uint64_t>(pending_bytes_, data.size());
+    d->write(data);
+  };
+  cb.on_done = [dl](Status s) {
+    dl->response_done = true;
+    dl->response_status = s;
+    dl->call.reset();
+    dl->maybe_finish();
+  };
+  dl->call = session_->send(std::move(head), {}, std::move(cb));
+}
+
+void FilesetClient::apply(std::unique_ptr<Batch> batch) {
+  applying_ = true;
+  auto* job = new ApplyJob;
+  job->batch = std::move(batch);
+  job->root = &root_;
+  job->index = &index_;
+  job->tmp_dir = dir_.tmp;
+  job->last_rcvd = dir_.last_rcvd;
+  job->server_uuid = server_uuid_;
+  job->fset = config_.name;
+  job->work.data = job;
+  auto alive = std::weak_ptr<bool>(alive_);
+  job->done = [this, alive](ApplyJob* j) {
+    if (alive.expired()) return;
+    applying_ = false;
+    Batch& b = *j->batch;
+    entries_ = j->entries ? j->entries : entries_;
+    if (b.applied_upto > applied_) applied_ = b.applied_upto;
+    if (!b.error.empty()) {
+      // Keep what was applied; put the rest back and try again later (a
+      // full disk, for one, clears up).
+      log_error("fileset '{}': applying stopped at record {}: {}", config_.name,
+                b.applied_upto + 1, b.error);
+      set_error(b.error);
+      for (auto it = b.records.rbegin(); it != b.records.rend(); ++it) {
+        if (it->recno > b.applied_upto) pending_.push_front(std::move(*it));
+      }
+      retry_timer_.start(5000, [this] {
+        if (state_ == State::Connected) next_batch();
+      });
+      return;
+    }
+    if (b.skipped == 0 && last_error_.rfind("applying", 0) == 0) last_error_.clear();
+    log_debug("fileset '{}': applied records up to {}", config_.name, applied_);
+    if (fetching_ && fetches_in_flight_ == 0) {
+      apply(std::move(fetching_));
+    } else {
+      next_batch();
+      poll();
+    }
+  };
+  uv_queue_work(
+      loop_, &job->work, [](uv_work_t* w) { Applier(*static_cast<ApplyJob*>(w->data)).run(); },
+      [](uv_work_t* w, int) {
+        std::unique_ptr<ApplyJob> j(static_cast<ApplyJob*>(w->data));
+        j->done(j.get());
+      });
+  // Fetch the next batch while this one is written.
+  next_batch();
+}
+
+nlohmann::json FilesetClient::status() const {
+  nlohmann::json j;
+  j["name"] = config_.name;
+  j["role"] = "client";
+  j["path"] = config_.path;
+  j["server"] = config_.server_host + ":" + std::to_string(config_.server_port);
+  const char* state = "connecting";
+  switch (state_) {
+    case State::Connecting: state = "connecting"; break;
+    case State::Connected: state = "connected"; break;
+    case State::Disconnected: state = "disconnected"; break;
+    case State::Stopped: state = "stopped"; break;
+  }
+  j["state"] = state;
+  if (state_ == State::Disconnected) j["disconnected_since"] = disconnected_since_;
+  j["server_uuid"] = server_uuid_;
+  j["last_rcvd"] = applied_;
+  j["server_head"] = server_head_;
+  j["records_pending"] = server_head_ > applied_ ? server_head_ - applied_ : 0;
+  j["bytes_pending"] = pending_bytes_;
+  j["bytes_received"] = bytes_received_;
+  j["entries"] = entries_;
+  j["last_error"] = last_error_;
+  return j;
+}
+
+}  // namespace intersync

@@ -1,0 +1,100 @@
+// intersyncctl: asks a running intersyncd over its control socket.
+//
+//   intersyncctl -c /etc/intersync.yaml status [--json]
+//
+// Exit status: 0 on an answer, 3 when the daemon is not running (as LSB
+// status actions do), 1 on other errors.
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "config.h"
+#include "daemon.h"
+
+using namespace intersync;
+
+namespace {
+
+constexpr int kNotRunning = 3;
+
+// Sends one request line and reads the one reply line.
+int ask(const std::string& socket_path, const nlohmann::json& request, std::string* reply) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 1;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (socket_path.size() >= sizeof addr.sun_path) {
+    std::fprintf(stderr, "intersyncctl: control socket path too long: %s\n", socket_path.c_str());
+    close(fd);
+    return 1;
+  }
+  std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    int e = errno;
+    close(fd);
+    if (e == ENOENT || e == ECONNREFUSED) {
+      std::fprintf(stderr, "intersyncctl: intersyncd is not running (no daemon at %s)\n",
+                   socket_path.c_str());
+      return kNotRunning;
+    }
+    std::fprintf(stderr, "intersyncctl: %s: %s\n", socket_path.c_str(), strerror(e));
+    return 1;
+  }
+  std::string line = request.dump() + "\n";
+  if (write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
+    close(fd);
+    return 1;
+  }
+  char buf[65536];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n <= 0) break;
+    reply->append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  if (reply->empty()) {
+    std::fprintf(stderr, "intersyncctl: the daemon closed the connection without answering\n");
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"intersyncctl: asks a running intersyncd"};
+  std::string config_file = "/etc/intersync.yaml";
+  bool json = false;
+  app.add_option("-c,--config", config_file, "the daemon's configuration file")
+      ->capture_default_str();
+  auto* status = app.add_subcommand("status", "per fileset: role, peers, journal position, "
+                                              "what is pending, the last error");
+  status->add_flag("--json", json, "print the daemon's answer as JSON");
+  app.require_subcommand(1);
+  CLI11_PARSE(app, argc, argv);
+
+  auto config = load_config(config_file);
+  if (!config) {
+    std::fprintf(stderr, "intersyncctl: %s\n", config.error().message.c_str());
+    return 1;
+  }
+  std::string reply;
+  if (int rc = ask(config->control_socket, {{"cmd", "status"}}, &reply); rc != 0) return rc;
+  auto answer = nlohmann::json::parse(reply, nullptr, false);
+  if (answer.is_discarded() || answer.contains("error")) {
+    std::fprintf(stderr, "intersyncctl: bad answer from the daemon: %s", reply.c_str());
+    return 1;
+  }
+  if (json) {
+    std::printf("%s\n", answer.dump(2).c_str());
+  } else {
+    std::printf("%s", format_status(answer).c_str());
+  }
+  return 0;
+}
