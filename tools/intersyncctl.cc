@@ -1,6 +1,7 @@
 // intersyncctl: asks a running intersyncd over its control socket.
 //
 //   intersyncctl -c /etc/intersync.yaml status [--json]
+//   intersyncctl --socket /var/intermezzo-0/control.sock status
 //
 // Exit status: 0 on an answer, 3 when the daemon is not running (as LSB
 // status actions do), 1 on other errors.
@@ -70,22 +71,29 @@ int ask(const std::string& socket_path, const nlohmann::json& request, std::stri
 int main(int argc, char** argv) {
   CLI::App app{"intersyncctl: asks a running intersyncd"};
   std::string config_file = "/etc/intersync.yaml";
+  std::string socket_path;
   bool json = false;
   app.add_option("-c,--config", config_file, "the daemon's configuration file")
       ->capture_default_str();
+  app.add_option("--socket", socket_path,
+                 "the control socket, instead of the one the configuration names (useful "
+                 "while the file is being edited)");
   auto* status = app.add_subcommand("status", "per fileset: role, peers, journal position, "
                                               "what is pending, the last error");
   status->add_flag("--json", json, "print the daemon's answer as JSON");
   app.require_subcommand(1);
   CLI11_PARSE(app, argc, argv);
 
-  auto config = load_config(config_file);
-  if (!config) {
-    std::fprintf(stderr, "intersyncctl: %s\n", config.error().message.c_str());
-    return 1;
+  if (socket_path.empty()) {
+    auto config = load_config(config_file);
+    if (!config) {
+      std::fprintf(stderr, "intersyncctl: %s\n", config.error().message.c_str());
+      return 1;
+    }
+    socket_path = config->control_socket;
   }
   std::string reply;
-  if (int rc = ask(config->control_socket, {{"cmd", "status"}}, &reply); rc != 0) return rc;
+  if (int rc = ask(socket_path, {{"cmd", "status"}}, &reply); rc != 0) return rc;
   auto answer = nlohmann::json::parse(reply, nullptr, false);
   if (answer.is_discarded() || answer.contains("error")) {
     std::fprintf(stderr, "intersyncctl: bad answer from the daemon: %s", reply.c_str());

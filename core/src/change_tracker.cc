@@ -532,7 +532,8 @@ void ChangeTracker::journal_file_content(const std::string& path, const struct s
         ChangeTracker* self = r->tracker;
         self->hashing_ = false;
         self->finish_hash(std::move(r));
-        self->schedule();
+        // Commits what the hash produced and goes on with the queue.
+        self->run_slice();
       });
 }
 

@@ -129,14 +129,15 @@ void Daemon::stop_filesets() {
 void Daemon::reload() {
   log_info("SIGHUP: reloading {}", config_.file);
   auto fresh = load_config(config_.file);
-  if (!fresh) {
-    log_error("reload failed, keeping the running configuration: {}", fresh.error().message);
+  Status checked = fresh ? check(*fresh) : Status(fresh.error());
+  if (!checked) {
+    ++reloads_failed_;
+    last_reload_error_ = checked.error().message;
+    log_error("reload failed, keeping the running configuration: {}", last_reload_error_);
     return;
   }
-  if (Status s = check(*fresh); !s) {
-    log_error("reload failed, keeping the running configuration: {}", s.error().message);
-    return;
-  }
+  ++reloads_;
+  last_reload_error_.clear();
   std::string old_socket = config_.control_socket;
   stop_filesets();
   config_ = std::move(*fresh);
@@ -250,7 +251,10 @@ nlohmann::json Daemon::status() const {
   j["daemon"] = {{"pid", getpid()},
                  {"version", INTERSYNC_VERSION},
                  {"config", config_.file},
-                 {"uptime_seconds", static_cast<uint64_t>(time(nullptr)) - started_at_}};
+                 {"uptime_seconds", static_cast<uint64_t>(time(nullptr)) - started_at_},
+                 {"reloads", reloads_},
+                 {"reloads_failed", reloads_failed_},
+                 {"last_reload_error", last_reload_error_}};
   j["filesets"] = nlohmann::json::array();
   for (const auto& s : servers_) {
     nlohmann::json f = s->status();

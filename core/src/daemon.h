@@ -60,6 +60,8 @@ class Daemon {
   uv_signal_t sigterm_{}, sigint_{}, sighup_{};
   uv_pipe_t* control_ = nullptr;
   uint64_t started_at_ = 0;
+  unsigned reloads_ = 0, reloads_failed_ = 0;
+  std::string last_reload_error_;
   int exit_status_ = 0;
 };
 

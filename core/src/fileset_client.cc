@@ -2,6 +2,7 @@
 // atomically and durably; see fileset_client.h.
 #include "fileset_client.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -40,12 +41,23 @@ uint64_t get_u64(const char* p) {
   return v;
 }
 
-std::string temp_name(const std::string& name) {
+std::string random_hex() {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
   char buf[17];
   snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(rng()));
-  // Keep the whole name within NAME_MAX whatever the original length.
-  return "." + name.substr(0, 200) + ".intersync-" + buf + ".tmp";
+  return buf;
+}
+
+// A file being written lives in the staging directory, .intermezzo/<fset>/
+// tmp/, so that a crash leaves nothing half-written in the tree and start-up
+// clears what is left with one directory listing.
+std::string staging_name() { return "w-" + random_hex(); }
+
+// Only when the target is on another file system than the staging directory
+// (a mount point inside the fileset) is the temporary file made beside the
+// target, with a name that is never replicated.
+std::string sibling_temp_name(const std::string& name) {
+  return "." + name.substr(0, 200) + ".intersync-" + random_hex() + ".tmp";
 }
 
 // The paths a record names, checked the way every path from the network is.
@@ -128,6 +140,11 @@ class Applier {
   explicit Applier(ApplyJob& job) : job_(job), root_(*job.root), index_(*job.index) {}
 
   void run() {
+    staging_.reset(::open(job_.tmp_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!staging_.valid()) {
+      job_.batch->error = job_.tmp_dir + ": " + strerror(errno);
+      return;
+    }
     auto& recs = job_.batch->records;
     for (size_t i = 0; i < recs.size(); ++i) {
       std::string err;
@@ -236,13 +253,12 @@ class Applier {
         char buf[4096];
         ssize_t n = readlinkat(parent->get(), name.c_str(), buf, sizeof buf);
         if (n < 0 || std::string_view(buf, static_cast<size_t>(n)) != r.target) {
-          std::string tmp = temp_name(name);
-          if (symlinkat(r.target.c_str(), parent->get(), tmp.c_str()) != 0) {
+          std::string tmp = staging_name();
+          if (symlinkat(r.target.c_str(), staging_.get(), tmp.c_str()) != 0) {
             return fail(err, root_.path() + "/" + r.path, errno);
           }
-          if (renameat(parent->get(), tmp.c_str(), parent->get(), name.c_str()) != 0) {
-            int e = errno;
-            unlinkat(parent->get(), tmp.c_str(), 0);
+          if (int e = move_into_place(tmp, parent->get(), name); e != 0) {
+            unlinkat(staging_.get(), tmp.c_str(), 0);
             if (e == EISDIR || e == ENOTEMPTY) return skip(r, "a directory is in the way");
             return fail(err, root_.path() + "/" + r.path, e);
           }
@@ -343,9 +359,9 @@ class Applier {
   // place, with the record's mode and mtime.
   bool install_bytes(const KmlRecord& r, int dirfd, const std::string& name,
                      std::string_view bytes, std::string* err) {
-    std::string tmp = temp_name(name);
-    int fd = openat(dirfd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0) return fail(err, root_.path() + "/" + r.path, errno);
+    std::string tmp = staging_name();
+    int fd = openat(staging_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return fail(err, job_.tmp_dir + "/" + tmp, errno);
     size_t off = 0;
     while (off < bytes.size()) {
       ssize_t n = write(fd, bytes.data() + off, bytes.size() - off);
@@ -353,7 +369,7 @@ class Applier {
       if (n < 0) {
         int e = errno;
         ::close(fd);
-        unlinkat(dirfd, tmp.c_str(), 0);
+        unlinkat(staging_.get(), tmp.c_str(), 0);
         return fail(err, root_.path() + "/" + r.path, e);
       }
       off += static_cast<size_t>(n);
@@ -361,6 +377,8 @@ class Applier {
     return finish_install(r, fd, dirfd, tmp, name, err);
   }
 
+  // Gives staging/<tmp> (open as `fd`) the record's mode and mtime and
+  // renames it to dirfd/<name>.
   bool finish_install(const KmlRecord& r, int fd, int dirfd, const std::string& tmp,
                       const std::string& name, std::string* err) {
     fchmod(fd, r.mode & 07777);
@@ -368,9 +386,8 @@ class Applier {
                              {time_t(r.v_obj_new.mtime_sec), long(r.v_obj_new.mtime_nsec)}};
     futimens(fd, ts);
     ::close(fd);
-    if (renameat(dirfd, tmp.c_str(), dirfd, name.c_str()) != 0) {
-      int e = errno;
-      unlinkat(dirfd, tmp.c_str(), 0);
+    if (int e = move_into_place(tmp, dirfd, name); e != 0) {
+      unlinkat(staging_.get(), tmp.c_str(), 0);
       if (e == EISDIR || e == ENOTEMPTY) return skip(r, "a directory is in the way");
       return fail(err, root_.path() + "/" + r.path, e);
     }
@@ -423,14 +440,10 @@ class Applier {
         auto m = manifest_of_fd(fd);
         if (m && m->content_id == r.hash) {
           if (m->chunks.size() > 1) fs.chunks = pack_chunks(m->chunks);
-          // Move the staged file beside the target, then rename into place.
-          std::string tmp = temp_name(name);
-          if (renameat(AT_FDCWD, staged.c_str(), dirfd, tmp.c_str()) == 0) {
-            b.staged.erase(r.hash);
-            if (!finish_install(r, fd, dirfd, tmp, name, err)) return false;
-            index_from_disk(dirfd, name, r.path, fs);
-            return true;
-          }
+          b.staged.erase(r.hash);
+          if (!finish_install(r, fd, dirfd, hex, name, err)) return false;
+          index_from_disk(dirfd, name, r.path, fs);
+          return true;
         }
         ::close(fd);
         unlink(staged.c_str());
@@ -445,9 +458,9 @@ class Applier {
       struct stat sst;
       if (src && in && fstat(in->get(), &sst) == 0 &&
           static_cast<uint64_t>(sst.st_size) == src->size && mtime_ns(sst) == src->mtime_ns) {
-        std::string tmp = temp_name(name);
-        int fd = openat(dirfd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0) return fail(err, root_.path() + "/" + r.path, errno);
+        std::string tmp = staging_name();
+        int fd = openat(staging_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0) return fail(err, job_.tmp_dir + "/" + tmp, errno);
         off_t in_off = 0;
         uint64_t left = src->size;
         while (left > 0) {
@@ -455,7 +468,7 @@ class Applier {
           if (n <= 0) {
             int e = n < 0 ? errno : EIO;
             ::close(fd);
-            unlinkat(dirfd, tmp.c_str(), 0);
+            unlinkat(staging_.get(), tmp.c_str(), 0);
             return fail(err, root_.path() + "/" + r.path, e);
           }
           left -= static_cast<uint64_t>(n);
@@ -473,9 +486,40 @@ class Applier {
     return true;
   }
 
+  // Moves staging/<tmp> to dirfd/<name>, copying it beside the target
+  // first when they are on different file systems.
+  int move_into_place(const std::string& tmp, int dirfd, const std::string& name) {
+    if (renameat(staging_.get(), tmp.c_str(), dirfd, name.c_str()) == 0) return 0;
+    if (errno != EXDEV) return errno;
+    std::string sibling = sibling_temp_name(name);
+    int in = openat(staging_.get(), tmp.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (in < 0) return errno;
+    struct stat st;
+    fstat(in, &st);
+    int out = openat(dirfd, sibling.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                     st.st_mode & 07777);
+    int rc = out < 0 ? errno : 0;
+    for (off_t left = st.st_size; rc == 0 && left > 0;) {
+      ssize_t n = copy_file_range(in, nullptr, out, nullptr, static_cast<size_t>(left), 0);
+      if (n <= 0) rc = n < 0 ? errno : EIO;
+      left -= n > 0 ? n : 0;
+    }
+    if (rc == 0) {
+      struct timespec ts[2] = {{0, UTIME_OMIT}, st.st_mtim};
+      futimens(out, ts);
+    }
+    ::close(in);
+    if (out >= 0) ::close(out);
+    unlinkat(staging_.get(), tmp.c_str(), 0);
+    if (rc == 0 && renameat(dirfd, sibling.c_str(), dirfd, name.c_str()) != 0) rc = errno;
+    if (rc != 0) unlinkat(dirfd, sibling.c_str(), 0);
+    return rc;
+  }
+
   ApplyJob& job_;
   const SafeRoot& root_;
   FileIndex& index_;
+  UniqueFd staging_;
 };
 
 }  // namespace
@@ -498,6 +542,14 @@ Status FilesetClient::start(std::unique_ptr<Transport> transport) {
   if (Status s = root_.open(config_.path); !s) return s;
   if (Status s = index_.open(state_dir_ + "/" + config_.name + ".db"); !s) return s;
   entries_ = index_.size();
+  // Files a crash left half-written in staging are of no use; downloads
+  // (<id> and <id>.part) are kept to be verified or resumed.
+  if (DIR* d = opendir(dir_.tmp.c_str())) {
+    while (struct dirent* e = readdir(d)) {
+      if (std::strncmp(e->d_name, "w-", 2) == 0) unlinkat(dirfd(d), e->d_name, 0);
+    }
+    closedir(d);
+  }
   transport_ = std::move(transport);
   ClientTarget target;
   target.host = config_.server_host;
@@ -632,7 +684,7 @@ void FilesetClient::lost(const std::string& why) {
   target.user = config_.server_user;
   session_ = transport_->connect(loop_, target);
   backoff_ms_ = backoff_ms_ == 0 ? 500 : std::min(backoff_ms_ * 2, kMaxBackoffMs);
-  log_info("fileset '{}': retrying in {} ms", config_.name, backoff_ms_);
+  log_info("fileset '{}': retrying in {} ms ({})", config_.name, backoff_ms_, why);
   retry_timer_.start(backoff_ms_, [this] { connect(); });
 }
 

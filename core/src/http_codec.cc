@@ -336,10 +336,6 @@ struct HttpParser::Impl {
     std::optional<uint64_t> content_length;
     if (parser.flags & F_CONTENT_LENGTH) content_length = parser.content_length;
     if (kind == Kind::Request) {
-      if (content_length && *content_length > limits.max_body) {
-        return fail(413, fmt::format("request body of {} bytes exceeds the limit of {}",
-                                     *content_length, limits.max_body));
-      }
       HttpRequestHead head;
       head.method = llhttp_method_name(static_cast<llhttp_method_t>(parser.method));
       head.target = std::move(target);
@@ -347,7 +343,13 @@ struct HttpParser::Impl {
       head.headers = std::move(headers);
       head.keep_alive = llhttp_should_keep_alive(&parser);
       head.content_length = content_length;
+      // The head goes to its owner first, so that a refusal (401 before
+      // anything else) wins over the size limit; a refusing owner pauses.
       if (callbacks.on_request_head) callbacks.on_request_head(head);
+      if (!pause_requested && content_length && *content_length > limits.max_body) {
+        return fail(413, fmt::format("request body of {} bytes exceeds the limit of {}",
+                                     *content_length, limits.max_body));
+      }
       return 0;
     }
     // llhttp sets F_SKIPBODY itself only after this callback returns 1; it
