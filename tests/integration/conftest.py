@@ -142,7 +142,10 @@ class Daemon:
                 return f
         raise KeyError(name)
 
-    def stop(self, sig=signal.SIGTERM, timeout=20):
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """Stops the daemon and insists that it stopped cleanly: exit status
+        0 and no sanitizer report in its log (the ASan build runs these
+        same tests)."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -151,6 +154,17 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait()
                 raise AssertionError(f"{self.dir.name} did not stop on {sig}")
+            if getattr(self, "logf", None):
+                self.logf.close()
+                self.logf = None
+            log = self.log_text()
+            for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+                if marker in log:
+                    raise AssertionError(f"{self.dir.name}: sanitizer report:\n"
+                                         + log[log.index(marker) - 200:][:6000])
+            if self.proc.returncode != 0:
+                raise AssertionError(f"{self.dir.name} exited {self.proc.returncode} on "
+                                     f"{sig}:\n{log[-3000:]}")
         if getattr(self, "logf", None):
             self.logf.close()
             self.logf = None
@@ -219,11 +233,14 @@ class Cluster:
                 assert_same_tree(self.server_root, c.root)
 
     def stop(self):
+        problems = []
         for d in self.clients + ([self.server] if self.server else []):
             try:
                 d.stop()
-            except AssertionError:
-                pass
+            except AssertionError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise AssertionError("\n".join(problems))
 
 
 @pytest.fixture
