@@ -1,0 +1,477 @@
+// The record applier; see record_applier.h.
+#include "record_applier.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <random>
+
+#include "intersync/log.h"
+
+namespace intersync {
+namespace {
+
+int64_t mtime_ns(const struct stat& st) {
+  return int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+}
+
+std::string random_hex() {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  char buf[17];
+  snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(rng()));
+  return buf;
+}
+
+// A file being written lives in the staging directory, .intermezzo/<fset>/
+// tmp/, so that a crash leaves nothing half-written in the tree and start-up
+// clears what is left with one directory listing.
+
+
+// Only when the target is on another file system than the staging directory
+// (a mount point inside the fileset) is the temporary file made beside the
+// target, with a name that is never replicated.
+std::string sibling_temp_name(const std::string& name) {
+  return "." + name.substr(0, 200) + ".intersync-" + random_hex() + ".tmp";
+}
+
+}  // namespace
+
+std::string staging_name() { return "w-" + random_hex(); }
+
+bool record_paths_ok(KmlRecord& r, std::string* why) {
+  auto check = [&](std::string& p, bool may_be_root) {
+    auto n = normalize_rel_path(p);
+    if (!n) {
+      *why = n.error().message;
+      return false;
+    }
+    if ((!may_be_root && n->empty()) || is_internal_path(*n)) {
+      *why = "path '" + p + "' is not replicable";
+      return false;
+    }
+    p = *n;
+    return true;
+  };
+  switch (r.opcode) {
+    case KmlOp::Create:
+    case KmlOp::Mkdir:
+    case KmlOp::Symlink:
+    case KmlOp::Content:
+    case KmlOp::Close:
+      return check(r.path, false);
+    case KmlOp::Setattr:
+      return check(r.path, true);
+    case KmlOp::Unlink:
+    case KmlOp::Rmdir: {
+      if (!check(r.dir, true)) return false;
+      if (r.name.empty() || r.name.find('/') != std::string::npos || r.name == "." ||
+          r.name == "..") {
+        *why = "bad entry name '" + r.name + "'";
+        return false;
+      }
+      r.path = join_rel(r.dir, r.name);
+      return check(r.path, false);
+    }
+    case KmlOp::Rename:
+    case KmlOp::Link:
+      return check(r.src, false) && check(r.target, false);
+    default:
+      return true;  // NOOP and opcodes we do not apply carry no path we use
+  }
+}
+
+
+
+class RecordApplier::Impl {
+ public:
+  Impl(const SafeRoot& root, FileIndex& index, std::string staging_dir, std::string fset)
+      : root_(root), index_(index), staging_dir_(std::move(staging_dir)), fset_(std::move(fset)) {}
+
+  Status open() {
+    staging_.reset(::open(staging_dir_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!staging_.valid()) return errno_error(staging_dir_ + ": " + strerror(errno));
+    return {};
+  }
+
+  size_t skipped = 0;
+  std::function<bool(const std::string&)> protect;
+  const std::string& staging_dir() const { return staging_dir_; }
+
+  bool fail(std::string* err, const std::string& what, int e) {
+    *err = what + ": " + strerror(e);
+    return false;
+  }
+
+  // Records the state of `name` in `dirfd` as the index entry for `path`.
+  void index_from_disk(int dirfd, const std::string& name, const std::string& path,
+                       FileState fs) {
+    struct stat st;
+    if (fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return;
+    fs.mode = st.st_mode & 07777;
+    fs.uid = st.st_uid;
+    fs.gid = st.st_gid;
+    fs.size = S_ISDIR(st.st_mode) ? 0 : static_cast<uint64_t>(st.st_size);
+    fs.mtime_ns = mtime_ns(st);
+    fs.ctime_ns = int64_t(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
+    fs.ino = st.st_ino;
+    index_.put(path, fs);
+  }
+
+  bool apply(std::vector<KmlRecord>& recs, size_t i, ContentSources& src, std::string* err) {
+    src_ = &src;
+    KmlRecord& r = recs[i];
+    if (protect && touches_protected(r)) return skip(r, "a local change to it is not reintegrated yet");
+    std::string name;
+    auto parent = root_.open_parent(r.opcode == KmlOp::Rename || r.opcode == KmlOp::Link
+                                        ? r.target
+                                        : r.path,
+                                    &name);
+    switch (r.opcode) {
+      case KmlOp::Mkdir: {
+        if (!parent) return skip(r, parent.error().message);
+        if (mkdirat(parent->get(), name.c_str(), r.mode & 07777) != 0 && errno != EEXIST) {
+          return fail(err, root_.path() + "/" + r.path, errno);
+        }
+        fchmodat(parent->get(), name.c_str(), r.mode & 07777, 0);
+        FileState fs;
+        fs.type = FileType::Dir;
+        fs.version = r.recno;
+        index_from_disk(parent->get(), name, r.path, fs);
+        return true;
+      }
+      case KmlOp::Create: {
+        // The server writes CREATE, CLOSE, CONTENT for a new file: the
+        // CONTENT brings the file, an empty one in between is not needed.
+        if (i + 2 < recs.size() && recs[i + 2].opcode == KmlOp::Content &&
+            recs[i + 2].path == r.path) {
+          return true;
+        }
+        if (!parent) return skip(r, parent.error().message);
+        int fd = openat(parent->get(), name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                        r.mode & 07777);
+        if (fd < 0) {
+          if (errno == EEXIST) return true;
+          return fail(err, root_.path() + "/" + r.path, errno);
+        }
+        ::close(fd);
+        FileState fs;
+        fs.content_id = content_id_of({});
+        fs.version = r.recno;
+        index_from_disk(parent->get(), name, r.path, fs);
+        return true;
+      }
+      case KmlOp::Content:
+        if (!parent) return skip(r, parent.error().message);
+        return apply_content(r, parent->get(), name, err);
+      case KmlOp::Symlink: {
+        if (!parent) return skip(r, parent.error().message);
+        char buf[4096];
+        ssize_t n = readlinkat(parent->get(), name.c_str(), buf, sizeof buf);
+        if (n < 0 || std::string_view(buf, static_cast<size_t>(n)) != r.target) {
+          std::string tmp = staging_name();
+          if (symlinkat(r.target.c_str(), staging_.get(), tmp.c_str()) != 0) {
+            return fail(err, root_.path() + "/" + r.path, errno);
+          }
+          if (int e = move_into_place(tmp, parent->get(), name); e != 0) {
+            unlinkat(staging_.get(), tmp.c_str(), 0);
+            if (e == EISDIR || e == ENOTEMPTY) return skip(r, "a directory is in the way");
+            return fail(err, root_.path() + "/" + r.path, e);
+          }
+        }
+        FileState fs;
+        fs.type = FileType::Symlink;
+        fs.target = r.target;
+        fs.version = r.recno;
+        index_from_disk(parent->get(), name, r.path, fs);
+        return true;
+      }
+      case KmlOp::Unlink:
+      case KmlOp::Rmdir: {
+        if (!parent) {
+          index_.erase(r.path);
+          return true;  // the parent is gone already: so is the entry
+        }
+        int flags = r.opcode == KmlOp::Rmdir ? AT_REMOVEDIR : 0;
+        if (unlinkat(parent->get(), name.c_str(), flags) != 0 && errno != ENOENT) {
+          if (errno == ENOTEMPTY || errno == EISDIR || errno == ENOTDIR) {
+            return skip(r, strerror(errno));
+          }
+          return fail(err, root_.path() + "/" + r.path, errno);
+        }
+        for (const auto& p : index_.paths_under(r.path)) index_.erase(p);
+        index_.erase(r.path);
+        return true;
+      }
+      case KmlOp::Rename: {
+        std::string src_name;
+        auto src_parent = root_.open_parent(r.src, &src_name);
+        if (!parent || !src_parent) return skip(r, "a parent directory is missing");
+        if (renameat(src_parent->get(), src_name.c_str(), parent->get(), name.c_str()) != 0) {
+          if (errno == ENOENT) return true;  // applied before a crash, or never had it
+          if (errno == ENOTEMPTY || errno == EEXIST || errno == EISDIR || errno == ENOTDIR) {
+            return skip(r, strerror(errno));
+          }
+          return fail(err, root_.path() + "/" + r.src, errno);
+        }
+        if (const FileState* old = index_.find(r.target); old && old->type == FileType::Dir) {
+          for (const auto& p : index_.paths_under(r.target)) index_.erase(p);
+        }
+        index_.erase(r.target);
+        index_.rename_tree(r.src, r.target);
+        if (const FileState* moved = index_.find(r.target)) {
+          FileState fs = *moved;
+          fs.version = r.recno;
+          index_from_disk(parent->get(), name, r.target, fs);
+        }
+        return true;
+      }
+      case KmlOp::Setattr: {
+        if (!parent) return skip(r, parent.error().message);
+        const FileState* idx = index_.find(r.path);
+        if (!idx) return skip(r, "not here");
+        if ((r.valid & kAttrMode) && idx->type != FileType::Symlink) {
+          if (fchmodat(parent->get(), name.c_str(), r.mode & 07777, 0) != 0 && errno != ENOENT) {
+            return fail(err, root_.path() + "/" + r.path, errno);
+          }
+        }
+        if (r.valid & kAttrMtime) {
+          struct timespec ts[2] = {{0, UTIME_OMIT}, {time_t(r.mtime_sec), long(r.mtime_nsec)}};
+          utimensat(parent->get(), name.c_str(), ts, AT_SYMLINK_NOFOLLOW);
+        }
+        FileState fs = *idx;
+        fs.version = r.recno;
+        index_from_disk(parent->get(), name, r.path, fs);
+        return true;
+      }
+      case KmlOp::Link: {
+        std::string src_name;
+        auto src_parent = root_.open_parent(r.src, &src_name);
+        if (!parent || !src_parent) return skip(r, "a parent directory is missing");
+        if (linkat(src_parent->get(), src_name.c_str(), parent->get(), name.c_str(), 0) != 0 &&
+            errno != EEXIST) {
+          return skip(r, strerror(errno));
+        }
+        if (const FileState* src = index_.find(r.src)) {
+          FileState fs = *src;
+          fs.version = r.recno;
+          index_from_disk(parent->get(), name, r.target, fs);
+        }
+        return true;
+      }
+      default:
+        return true;  // CLOSE (CONTENT carries the data), NOOP, unknown opcodes
+    }
+  }
+
+  bool skip(const KmlRecord& r, const std::string& why) {
+    ++skipped;
+    log_warn("fileset '{}': record {} ({} {}) not applied: {}", fset_, r.recno,
+             kml_op_name(r.opcode), r.path.empty() ? r.src : r.path, why);
+    return true;
+  }
+
+  // Writes `bytes` to a temporary name beside the target and renames it into
+  // place, with the record's mode and mtime.
+  bool install_bytes(const KmlRecord& r, int dirfd, const std::string& name,
+                     std::string_view bytes, std::string* err) {
+    std::string tmp = staging_name();
+    int fd = openat(staging_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return fail(err, staging_dir_ + "/" + tmp, errno);
+    size_t off = 0;
+    while (off < bytes.size()) {
+      ssize_t n = write(fd, bytes.data() + off, bytes.size() - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        int e = errno;
+        ::close(fd);
+        unlinkat(staging_.get(), tmp.c_str(), 0);
+        return fail(err, root_.path() + "/" + r.path, e);
+      }
+      off += static_cast<size_t>(n);
+    }
+    return finish_install(r, fd, dirfd, tmp, name, err);
+  }
+
+  // Gives staging/<tmp> (open as `fd`) the record's mode and mtime and
+  // renames it to dirfd/<name>.
+  bool finish_install(const KmlRecord& r, int fd, int dirfd, const std::string& tmp,
+                      const std::string& name, std::string* err) {
+    fchmod(fd, r.mode & 07777);
+    struct timespec ts[2] = {{0, UTIME_OMIT},
+                             {time_t(r.v_obj_new.mtime_sec), long(r.v_obj_new.mtime_nsec)}};
+    futimens(fd, ts);
+    ::close(fd);
+    if (int e = move_into_place(tmp, dirfd, name); e != 0) {
+      unlinkat(staging_.get(), tmp.c_str(), 0);
+      if (e == EISDIR || e == ENOTEMPTY) return skip(r, "a directory is in the way");
+      return fail(err, root_.path() + "/" + r.path, e);
+    }
+    return true;
+  }
+
+  bool apply_content(const KmlRecord& r, int dirfd, const std::string& name, std::string* err) {
+    const FileState* idx = index_.find(r.path);
+    struct stat st;
+    bool exists = fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+    FileState fs;
+    fs.type = FileType::File;
+    fs.content_id = r.hash;
+    fs.nchunks = r.nchunks;
+    fs.version = r.recno;
+    int64_t want_mtime = int64_t(r.v_obj_new.mtime_sec) * 1000000000 + r.v_obj_new.mtime_nsec;
+    if (idx && exists && idx->content_id == r.hash && S_ISREG(st.st_mode) &&
+        static_cast<uint64_t>(st.st_size) == idx->size && mtime_ns(st) == idx->mtime_ns &&
+        st.st_ino == idx->ino) {
+      // Already here (a replay after a crash, or the same bytes twice).
+      if ((st.st_mode & 07777) != (r.mode & 07777)) fchmodat(dirfd, name.c_str(), r.mode & 07777, 0);
+      if (mtime_ns(st) != want_mtime) {
+        struct timespec ts[2] = {{0, UTIME_OMIT},
+                                 {time_t(r.v_obj_new.mtime_sec), long(r.v_obj_new.mtime_nsec)}};
+        utimensat(dirfd, name.c_str(), ts, AT_SYMLINK_NOFOLLOW);
+      }
+      fs.chunks = idx->chunks;
+      index_from_disk(dirfd, name, r.path, fs);
+      return true;
+    }
+    if (idx && exists && !(S_ISREG(st.st_mode) &&
+                           static_cast<uint64_t>(st.st_size) == idx->size &&
+                           mtime_ns(st) == idx->mtime_ns && st.st_ino == idx->ino) &&
+        protect) {
+      // Changed here and not journaled yet: the local change is kept and
+      // the server will see both when it is reintegrated.
+      return skip(r, "changed locally meanwhile");
+    }
+    if (r.nchunks == 0 && r.size == 0) {
+      if (!install_bytes(r, dirfd, name, {}, err)) return false;
+      index_from_disk(dirfd, name, r.path, fs);
+      return true;
+    }
+    if (auto it = src_->small.find(r.hash); it != src_->small.end()) {
+      Manifest m = manifest_of(it->second);
+      if (m.content_id != r.hash) return skip(r, "received bytes do not match the content id");
+      if (m.chunks.size() > 1) fs.chunks = pack_chunks(m.chunks);
+      if (!install_bytes(r, dirfd, name, it->second, err)) return false;
+      index_from_disk(dirfd, name, r.path, fs);
+      return true;
+    }
+    if (auto it = src_->staged.find(r.hash); it != src_->staged.end()) {
+      std::string staged_name = it->second;
+      src_->staged.erase(it);
+      int fd = openat(staging_.get(), staged_name.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+      if (fd >= 0) {
+        auto m = manifest_of_fd(fd);
+        if (m && m->content_id == r.hash) {
+          if (m->chunks.size() > 1) fs.chunks = pack_chunks(m->chunks);
+          if (!finish_install(r, fd, dirfd, staged_name, name, err)) return false;
+          index_from_disk(dirfd, name, r.path, fs);
+          return true;
+        }
+        ::close(fd);
+        unlinkat(staging_.get(), staged_name.c_str(), 0);
+        return skip(r, "transferred file does not match its content id");
+      }
+    }
+    if (auto local = index_.path_of_content(r.hash)) {
+      // The same bytes are already here under another name: copy them.
+      const FileState* src = index_.find(*local);
+      auto in = root_.open_beneath(*local, O_RDONLY | O_NOFOLLOW);
+      struct stat sst;
+      if (src && in && fstat(in->get(), &sst) == 0 &&
+          static_cast<uint64_t>(sst.st_size) == src->size && mtime_ns(sst) == src->mtime_ns) {
+        std::string tmp = staging_name();
+        int fd = openat(staging_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0) return fail(err, staging_dir_ + "/" + tmp, errno);
+        off_t in_off = 0;
+        uint64_t left = src->size;
+        while (left > 0) {
+          ssize_t n = copy_file_range(in->get(), &in_off, fd, nullptr, left, 0);
+          if (n <= 0) {
+            int e = n < 0 ? errno : EIO;
+            ::close(fd);
+            unlinkat(staging_.get(), tmp.c_str(), 0);
+            return fail(err, root_.path() + "/" + r.path, e);
+          }
+          left -= static_cast<uint64_t>(n);
+        }
+        fs.chunks = src->chunks;
+        if (!finish_install(r, fd, dirfd, tmp, name, err)) return false;
+        index_from_disk(dirfd, name, r.path, fs);
+        return true;
+      }
+    }
+    // The server no longer has these bytes: a later record replaces them.
+    ++skipped;
+    log_debug("fileset '{}': record {}: content of {} no longer available", fset_, r.recno,
+              r.path);
+    return true;
+  }
+
+  // Moves staging/<tmp> to dirfd/<name>, copying it beside the target
+  // first when they are on different file systems.
+  int move_into_place(const std::string& tmp, int dirfd, const std::string& name) {
+    if (renameat(staging_.get(), tmp.c_str(), dirfd, name.c_str()) == 0) return 0;
+    if (errno != EXDEV) return errno;
+    std::string sibling = sibling_temp_name(name);
+    int in = openat(staging_.get(), tmp.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (in < 0) return errno;
+    struct stat st;
+    fstat(in, &st);
+    int out = openat(dirfd, sibling.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                     st.st_mode & 07777);
+    int rc = out < 0 ? errno : 0;
+    for (off_t left = st.st_size; rc == 0 && left > 0;) {
+      ssize_t n = copy_file_range(in, nullptr, out, nullptr, static_cast<size_t>(left), 0);
+      if (n <= 0) rc = n < 0 ? errno : EIO;
+      left -= n > 0 ? n : 0;
+    }
+    if (rc == 0) {
+      struct timespec ts[2] = {{0, UTIME_OMIT}, st.st_mtim};
+      futimens(out, ts);
+    }
+    ::close(in);
+    if (out >= 0) ::close(out);
+    unlinkat(staging_.get(), tmp.c_str(), 0);
+    if (rc == 0 && renameat(dirfd, sibling.c_str(), dirfd, name.c_str()) != 0) rc = errno;
+    if (rc != 0) unlinkat(dirfd, sibling.c_str(), 0);
+    return rc;
+  }
+
+  // True if the record would touch a path the owner protects.
+  bool touches_protected(const KmlRecord& r) const {
+    switch (r.opcode) {
+      case KmlOp::Rename:
+      case KmlOp::Link:
+        return protect(r.src) || protect(r.target);
+      case KmlOp::Noop:
+        return false;
+      default:
+        return protect(r.path);
+    }
+  }
+
+  const SafeRoot& root_;
+  FileIndex& index_;
+  std::string staging_dir_;
+  std::string fset_;
+  UniqueFd staging_;
+  ContentSources* src_ = nullptr;
+};
+
+RecordApplier::RecordApplier(const SafeRoot& root, FileIndex& index, std::string staging_dir,
+                             std::string fset)
+    : impl_(std::make_unique<Impl>(root, index, std::move(staging_dir), std::move(fset))) {}
+RecordApplier::~RecordApplier() = default;
+Status RecordApplier::open() { return impl_->open(); }
+bool RecordApplier::apply(std::vector<KmlRecord>& recs, size_t i, ContentSources& sources,
+                          std::string* err) {
+  return impl_->apply(recs, i, sources, err);
+}
+size_t RecordApplier::skipped() const { return impl_->skipped; }
+void RecordApplier::protect(std::function<bool(const std::string&)> predicate) {
+  impl_->protect = std::move(predicate);
+}
+const std::string& RecordApplier::staging_dir() const { return impl_->staging_dir(); }
+
+}  // namespace intersync

@@ -1,0 +1,61 @@
+// Applies journal records to a fileset's tree: the one place that turns a
+// KML record into file-system operations. Clients use it for the server's
+// records, the server for the records a client reintegrates. Every
+// operation goes through a SafeRoot (no path leaves the root, no symlink is
+// followed), every file is written in the staging directory and renamed
+// into place, and every operation is idempotent, so a batch replayed after
+// a crash converges to the same tree. The index follows each change.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "chunker.h"
+#include "file_index.h"
+#include "intersync/kml.h"
+#include "path_util.h"
+
+namespace intersync {
+
+// Where the bytes of CONTENT records come from, by content id: small
+// contents held in memory, larger ones as files in the staging directory.
+// Both are verified against the content id before use.
+struct ContentSources {
+  std::map<Hash, std::string> small;
+  std::map<Hash, std::string> staged;  // content id -> file name in the staging directory
+};
+
+// Checks and canonicalises the paths a record names, as every path from the
+// network must be; UNLINK/RMDIR get `path` = dir/name.
+bool record_paths_ok(KmlRecord& r, std::string* why);
+
+// Names of temporary files in the staging directory.
+std::string staging_name();
+
+class RecordApplier {
+ public:
+  RecordApplier(const SafeRoot& root, FileIndex& index, std::string staging_dir,
+                std::string fset);
+  ~RecordApplier();
+
+  Status open();
+  // Applies recs[i] (its neighbours are looked at to skip needless work).
+  // False with *err when the batch must stop (a full disk, an I/O error);
+  // a record that cannot apply because later records settle it is skipped
+  // and counted.
+  bool apply(std::vector<KmlRecord>& recs, size_t i, ContentSources& sources, std::string* err);
+  size_t skipped() const;
+  // Paths the applier must leave alone (a client's changes not yet
+  // reintegrated); also makes it keep files changed locally meanwhile.
+  void protect(std::function<bool(const std::string&)> predicate);
+  const std::string& staging_dir() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace intersync
