@@ -105,6 +105,11 @@ Result<UniqueFd> SafeRoot::open_parent(std::string_view rel, std::string* name) 
   }
   std::string parent = parent_of(rel);
   *name = base_name(rel);
+  // The caller uses *name with an *at() call on the returned fd, which
+  // resolves ".." without RESOLVE_BENEATH: "..", "." and "" are never names.
+  if (*name == ".." || *name == "." || name->empty()) {
+    return make_error(-EINVAL, path_ + "/" + std::string(rel) + ": not a name beneath the root");
+  }
   return open_beneath(parent, O_PATH | O_DIRECTORY);
 }
 

@@ -24,6 +24,12 @@
 #include <uv.h>
 
 #ifdef __cplusplus
+// Included before the signature is computed: it defines the C++ library's
+// version macros, which must be known wherever this header comes first.
+#include <new>
+#endif
+
+#ifdef __cplusplus
 extern "C" {
 #endif
 
@@ -83,5 +89,4 @@ typedef const intersync_plugin_descriptor_t* (*intersync_plugin_entry_fn)(void);
         []() -> void* { return new (std::nothrow) CLASS(); }};                            \
     return &descriptor;                                                                   \
   }
-#include <new>
 #endif
