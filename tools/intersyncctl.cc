@@ -1,6 +1,8 @@
 // intersyncctl: asks a running intersyncd over its control socket.
 //
 //   intersyncctl -c /etc/intersync.yaml status [--json]
+//   intersyncctl -c /etc/intersync.yaml conflicts [--json]
+//   intersyncctl -c /etc/intersync.yaml confirm FSET
 //   intersyncctl --socket /var/intermezzo-0/control.sock status
 //
 // Exit status: 0 on an answer, 3 when the daemon is not running (as LSB
@@ -81,6 +83,12 @@ int main(int argc, char** argv) {
   auto* status = app.add_subcommand("status", "per fileset: role, peers, journal position, "
                                               "what is pending, the last error");
   status->add_flag("--json", json, "print the daemon's answer as JSON");
+  auto* conflicts = app.add_subcommand("conflicts", "conflicts met, where each losing version is");
+  conflicts->add_flag("--json", json, "print the list as JSON");
+  std::string fset;
+  auto* confirm = app.add_subcommand(
+      "confirm", "let a batch of deletions held by the mass-deletion guard go to the server");
+  confirm->add_option("FSET", fset, "the fileset")->required();
   app.require_subcommand(1);
   CLI11_PARSE(app, argc, argv);
 
@@ -92,12 +100,39 @@ int main(int argc, char** argv) {
     }
     socket_path = config->control_socket;
   }
+  nlohmann::json request{{"cmd", "status"}};
+  if (conflicts->parsed()) request = {{"cmd", "conflicts"}};
+  if (confirm->parsed()) request = {{"cmd", "confirm"}, {"fileset", fset}};
   std::string reply;
-  if (int rc = ask(socket_path, {{"cmd", "status"}}, &reply); rc != 0) return rc;
+  if (int rc = ask(socket_path, request, &reply); rc != 0) return rc;
   auto answer = nlohmann::json::parse(reply, nullptr, false);
   if (answer.is_discarded() || answer.contains("error")) {
     std::fprintf(stderr, "intersyncctl: bad answer from the daemon: %s", reply.c_str());
     return 1;
+  }
+  if (confirm->parsed()) {
+    if (!answer.value("found", false)) {
+      std::fprintf(stderr, "intersyncctl: no client fileset '%s'\n", fset.c_str());
+      return 1;
+    }
+    std::printf("%s\n", answer.value("released", false)
+                            ? "deletions released to the server"
+                            : "nothing was held");
+    return 0;
+  }
+  if (conflicts->parsed()) {
+    if (json) {
+      std::printf("%s\n", answer["conflicts"].dump(2).c_str());
+      return 0;
+    }
+    if (answer["conflicts"].empty()) std::printf("no conflicts\n");
+    for (const auto& c : answer["conflicts"]) {
+      std::string copy = c.value("copy", "");
+      std::printf("%s: %s %s%s%s\n", c.value("fileset", "").c_str(), c.value("path", "").c_str(),
+                  c.value("kind", c.value("detail", "")).c_str(),
+                  copy.empty() ? "" : ", other version in ", copy.c_str());
+    }
+    return 0;
   }
   if (json) {
     std::printf("%s\n", answer.dump(2).c_str());

@@ -190,8 +190,26 @@ void ChangeTracker::rescan(const std::string& rel_dir, const std::string& reason
   schedule();
 }
 
+void ChangeTracker::reconcile_now(const std::string& path) {
+  force_inline_ = true;
+  reconcile(path);
+  force_inline_ = false;
+  commit();
+}
+
+void ChangeTracker::pause() { paused_ = true; }
+
+void ChangeTracker::resume() {
+  paused_ = false;
+  schedule();
+}
+
+uint32_t ChangeTracker::version_after(const KmlRecord& rec, uint32_t before) const {
+  return options_.client ? before : rec.recno;
+}
+
 void ChangeTracker::schedule() {
-  if (hashing_ || queue_.empty() || slice_timer_.active()) return;
+  if (paused_ || hashing_ || queue_.empty() || slice_timer_.active()) return;
   slice_timer_.start(0, [this] { run_slice(); });
 }
 
@@ -199,7 +217,7 @@ void ChangeTracker::run_slice() {
   uv_update_time(loop_);
   uint64_t start = uv_now(loop_);
   size_t n = 0;
-  while (!queue_.empty() && !hashing_) {
+  while (!queue_.empty() && !hashing_ && !paused_) {
     Item item = std::move(queue_.front());
     queue_.pop_front();
     if (item.kind == Item::Kind::Reconcile) queued_.erase(item.path);
@@ -231,6 +249,14 @@ void ChangeTracker::commit() {
 }
 
 bool ChangeTracker::append(KmlRecord& rec) {
+  if (options_.client) {
+    // The base: the server version of the entry before this change.
+    std::string key = rec.path;
+    if (rec.opcode == KmlOp::Unlink || rec.opcode == KmlOp::Rmdir) key = join_rel(rec.dir, rec.name);
+    if (rec.opcode == KmlOp::Rename || rec.opcode == KmlOp::Link) key = rec.src;
+    const FileState* before = index_.find(key);
+    rec.prevrec = before ? before->version : 0;
+  }
   auto off = journal_.append(rec);
   if (!off) {
     last_error_ = off.error().message;
@@ -298,7 +324,7 @@ void ChangeTracker::reconcile(const std::string& path) {
         r.v_obj_old = version_of(*idx);
         r.rollback = {idx->mode, 0, idx->uid, idx->gid};
         if (!append(r)) return;
-        cur.version = r.recno;
+        cur.version = version_after(r, cur.version);
       }
       FileState next = state_of(st);
       next.target = cur.target;
@@ -323,7 +349,7 @@ void ChangeTracker::reconcile(const std::string& path) {
         r.v_obj_old = version_of(*idx);
         r.rollback = {idx->mode, 0, idx->uid, idx->gid};
         if (!append(r)) return;
-        cur.version = r.recno;
+        cur.version = version_after(r, cur.version);
       }
       cur.mode = disk.mode;
       cur.uid = disk.uid;
@@ -357,7 +383,7 @@ void ChangeTracker::journal_new(const std::string& path, const struct stat& st) 
     r.gid = st.st_gid;
     r.v_obj_new = version_of(st);
     if (!append(r)) return;
-    fs.version = r.recno;
+    fs.version = version_after(r, 0);
     index_.put(path, fs);
     return;
   }
@@ -371,7 +397,7 @@ void ChangeTracker::journal_new(const std::string& path, const struct stat& st) 
     r.gid = st.st_gid;
     r.v_obj_new = version_of(st);
     if (!append(r)) return;
-    fs.version = r.recno;
+    fs.version = version_after(r, 0);
   }
   index_.put(path, fs);
   // Its entries, in order, ahead of everything else in the queue.
@@ -445,7 +471,7 @@ void ChangeTracker::rename(const std::string& from, const std::string& to) {
   index_.rename_tree(from, to);
   if (FileState* moved = const_cast<FileState*>(index_.find(to))) {
     FileState copy = *moved;
-    copy.version = r.recno;
+    copy.version = version_after(r, copy.version);
     copy.ctime_ns = int64_t(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
     index_.put(to, copy);
   }
@@ -510,7 +536,7 @@ void ChangeTracker::journal_file_content(const std::string& path, const struct s
   result->before = st;
   result->tracker = this;
   result->alive = alive_;
-  if (static_cast<uint64_t>(st.st_size) <= options_.inline_hash_limit) {
+  if (force_inline_ || static_cast<uint64_t>(st.st_size) <= options_.inline_hash_limit) {
     hash_file(result.get(), root_.fd());
     finish_hash(std::move(result));
     return;
@@ -578,7 +604,7 @@ void ChangeTracker::finish_hash(std::unique_ptr<HashResult> r) {
       s.v_obj_old = version_of(*idx);
       s.rollback = {idx->mode, 0, idx->uid, idx->gid};
       if (!append(s)) return;
-      fs.version = s.recno;
+      fs.version = version_after(s, idx->version);
     } else {
       fs.version = idx->version;
     }
@@ -613,7 +639,7 @@ void ChangeTracker::finish_hash(std::unique_ptr<HashResult> r) {
   content.nchunks = fs.nchunks;
   content.hash = m.content_id;
   if (!append(content)) return;
-  fs.version = content.recno;
+  fs.version = version_after(content, idx ? idx->version : 0);
   index_.put(path, fs);
 }
 

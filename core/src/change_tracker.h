@@ -38,6 +38,10 @@ class ChangeTracker {
     uint64_t inline_hash_limit = 256 * 1024;
     // A file reported Modified but not Closed is examined after this quiet time.
     uint64_t modified_quiet_ms = 1000;
+    // A write-back client: each record carries in `prevrec` the server
+    // version of the entry it changes (its base), and index versions stay
+    // the server's record numbers.
+    bool client = false;
   };
 
   ChangeTracker(uv_loop_t* loop, Options options, const SafeRoot& root, FileIndex& index,
@@ -49,6 +53,14 @@ class ChangeTracker {
 
   void add_events(std::vector<ChangeEvent>&& events);
   void rescan(const std::string& rel_dir, const std::string& reason);
+  // Journals whatever changed at `path` right now (hashing inline), and
+  // makes it durable: the server calls it before judging a client's record
+  // about that path, so a local change is never overwritten unseen.
+  void reconcile_now(const std::string& path);
+  // While paused, events queue up and nothing is journaled (a client
+  // applying the server's records must not see its own writes half done).
+  void pause();
+  void resume();
   bool idle() const { return queue_.empty() && !hashing_ && deferred_.empty(); }
   size_t pending() const { return queue_.size() + deferred_.size(); }
   const std::string& last_error() const { return last_error_; }
@@ -76,6 +88,8 @@ class ChangeTracker {
   void journal_file_content(const std::string& path, const struct stat& st, bool created);
   void finish_hash(std::unique_ptr<HashResult> r);
   bool append(KmlRecord& rec);
+  // The version an entry has after `rec` changed it (see Options::client).
+  uint32_t version_after(const KmlRecord& rec, uint32_t before) const;
   bool stat_path(const std::string& path, struct stat* st) const;
 
   uv_loop_t* loop_;
@@ -92,6 +106,8 @@ class ChangeTracker {
   UvTimer slice_timer_;
   UvTimer deferred_timer_;
   bool hashing_ = false;
+  bool paused_ = false;
+  bool force_inline_ = false;
   bool dirty_ = false;  // records appended since the last commit
   std::string last_error_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

@@ -83,8 +83,15 @@ Status Daemon::start_filesets() {
     if (!transport) return transport.error();
     if (Status s = (*transport)->configure(f.transport_node); !s) return s;
     if (f.role == Role::Client) {
+      std::unique_ptr<Backend> watcher;
+      if (f.write_back) {
+        auto backend = plugins_->create_backend(f.backend);
+        if (!backend) return backend.error();
+        if (Status s = (*backend)->configure(f.backend_node); !s) return s;
+        watcher = std::move(*backend);
+      }
       auto client = std::make_unique<FilesetClient>(&loop_, f, config_.state_dir);
-      if (Status s = client->start(std::move(*transport)); !s) return s;
+      if (Status s = client->start(std::move(*transport), std::move(watcher)); !s) return s;
       clients_.push_back(std::move(client));
       continue;
     }
@@ -241,6 +248,25 @@ void Daemon::on_control_request(const std::string& line, std::string* reply) {
                         : std::string();
   if (cmd == "status") {
     *reply = status().dump();
+  } else if (cmd == "conflicts") {
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& s : servers_) {
+      for (auto& c : s->conflicts()) list.push_back(c);
+    }
+    for (const auto& c : clients_) {
+      for (auto& e : c->conflicts()) list.push_back(e);
+    }
+    *reply = nlohmann::json{{"conflicts", list}}.dump();
+  } else if (cmd == "confirm") {
+    std::string fset = req.value("fileset", "");
+    bool found = false, held = false;
+    for (auto& c : clients_) {
+      if (c->config().name == fset) {
+        found = true;
+        held = c->confirm();
+      }
+    }
+    *reply = nlohmann::json{{"fileset", fset}, {"found", found}, {"released", held}}.dump();
   } else {
     *reply = nlohmann::json{{"error", "unknown command '" + cmd + "'"}}.dump();
   }

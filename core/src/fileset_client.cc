@@ -9,6 +9,7 @@
 #include <uuid/uuid.h>
 
 #include <charconv>
+#include <unistd.h>
 #include <cstring>
 #include <ctime>
 #include <map>
@@ -136,7 +137,8 @@ FilesetClient::~FilesetClient() {
   stop();
 }
 
-Status FilesetClient::start(std::unique_ptr<Transport> transport) {
+Status FilesetClient::start(std::unique_ptr<Transport> transport,
+                            std::unique_ptr<Backend> backend) {
   auto dir = prepare_fileset_dir(config_.path, config_.name);
   if (!dir) return dir.error();
   dir_ = *dir;
@@ -150,6 +152,27 @@ Status FilesetClient::start(std::unique_ptr<Transport> transport) {
       if (std::strncmp(e->d_name, "w-", 2) == 0) unlinkat(dirfd(d), e->d_name, 0);
     }
     closedir(d);
+  }
+  ignore_.load_file(config_.path);
+  if (config_.write_back) {
+    if (Status s = local_journal_.open(dir_.kml); !s) return s;
+    reintegrated_ = static_cast<uint32_t>(std::stoul(index_.meta("reintegrated").value_or("0")));
+    if (reintegrated_ > local_journal_.head()) reintegrated_ = local_journal_.head();
+    if (auto c = index_.meta("conflicts")) {
+      auto j = nlohmann::json::parse(*c, nullptr, false);
+      if (j.is_array()) conflicts_ = j;
+    }
+    ChangeTracker::Options opts{config_.name};
+    opts.client = true;
+    tracker_ = std::make_unique<ChangeTracker>(
+        loop_, opts, root_, index_, local_journal_,
+        [this](std::string_view p, bool d) { return ignored(p, d); });
+    tracker_->on_committed([this] { reintegrate(); });
+    backend_ = std::move(backend);
+    if (Status s = backend_->start(loop_, config_.path, this); !s) return s;
+    // Changes made while the daemon was down are found by comparing the
+    // tree with the index, then reintegrated.
+    tracker_->rescan("", "start-up: looking for changes made while stopped");
   }
   transport_ = std::move(transport);
   ClientTarget target;
@@ -168,8 +191,25 @@ void FilesetClient::stop() {
   state_ = State::Stopped;
   ++generation_;
   retry_timer_.stop();
+  if (backend_) backend_->stop();
   if (session_) session_->close();
   if (transport_) transport_->stop();
+  if (tracker_) (void)index_.commit();
+}
+
+void FilesetClient::on_changes(std::vector<ChangeEvent>&& events) {
+  for (const auto& e : events) {
+    if (e.path == kIgnoreFile || e.to_path == kIgnoreFile) ignore_.load_file(config_.path);
+  }
+  if (tracker_) tracker_->add_events(std::move(events));
+}
+
+void FilesetClient::on_rescan(const std::string& rel_dir, const std::string& reason) {
+  if (tracker_) tracker_->rescan(rel_dir, reason);
+}
+
+bool FilesetClient::ignored(std::string_view rel_path, bool is_dir) const {
+  return is_internal_path(rel_path) || ignore_.ignored(rel_path, is_dir);
 }
 
 HttpRequestHead FilesetClient::request_head(const std::string& method,
@@ -259,6 +299,7 @@ void FilesetClient::connect() {
         backoff_ms_ = 0;
         last_error_.clear();
         poll();
+        reintegrate();
         next_batch();
       }));
 }
@@ -341,6 +382,9 @@ void FilesetClient::on_records(std::string bytes, uint32_t head) {
 
 void FilesetClient::next_batch() {
   if (state_ != State::Connected || fetching_ || pending_.empty()) return;
+  // Local changes go to the server before the server's are applied here:
+  // the server orders both and settles conflicts.
+  if (reintegrating_ || local_pending()) return reintegrate();
   auto batch = std::make_unique<Batch>();
   std::vector<Hash> small;
   std::set<Hash> wanted;
@@ -391,7 +435,7 @@ void FilesetClient::next_batch() {
 
 void FilesetClient::fetch_done() {
   if (--fetches_in_flight_ > 0 || !fetching_) return;
-  if (applying_) return;  // apply() picks it up when the running job ends
+  if (applying_ || reintegrating_) return;  // picked up when that ends
   apply(std::move(fetching_));
 }
 
@@ -572,11 +616,19 @@ void FilesetClient::apply(std::unique_ptr<Batch> batch) {
   job->last_rcvd = dir_.last_rcvd;
   job->server_uuid = server_uuid_;
   job->fset = config_.name;
+  if (tracker_) {
+    // Nothing is journaled while the server's records are written; a file
+    // changed here meanwhile is left alone (it differs from the index) and
+    // reintegrated afterwards, where the server sees both versions.
+    tracker_->pause();
+    job->protect = [](const std::string&) { return false; };
+  }
   job->work.data = job;
   auto alive = std::weak_ptr<bool>(alive_);
   job->done = [this, alive](ApplyJob* j) {
     if (alive.expired()) return;
     applying_ = false;
+    if (tracker_) tracker_->resume();
     Batch& b = *j->batch;
     entries_ = j->entries ? j->entries : entries_;
     if (b.applied_upto > applied_) applied_ = b.applied_upto;
@@ -596,7 +648,9 @@ void FilesetClient::apply(std::unique_ptr<Batch> batch) {
     }
     if (b.skipped == 0 && last_error_.rfind("applying", 0) == 0) last_error_.clear();
     log_debug("fileset '{}': applied records up to {}", config_.name, applied_);
-    if (fetching_ && fetches_in_flight_ == 0) {
+    if (local_pending()) {
+      reintegrate();
+    } else if (fetching_ && fetches_in_flight_ == 0) {
       apply(std::move(fetching_));
     } else {
       next_batch();
@@ -612,6 +666,206 @@ void FilesetClient::apply(std::unique_ptr<Batch> batch) {
   // Fetch the next batch while this one is written.
   next_batch();
 }
+
+bool FilesetClient::local_pending() const {
+  return tracker_ && local_journal_.head() > reintegrated_;
+}
+
+// One round of reintegration: the local records, the contents they need on
+// the server, and where the upload stands.
+struct UploadPlan {
+  std::string records;  // KML bytes sent as the reintegrate body
+  uint32_t last = 0;
+  struct Upload {
+    Hash id;
+    std::string path;
+    uint64_t size = 0;
+  };
+  std::vector<Upload> uploads;
+  size_t next = 0;
+  uint64_t offset = 0;
+};
+
+void FilesetClient::reintegrate() {
+  if (!tracker_ || state_ != State::Connected || reintegrating_ || applying_ || !local_pending()) {
+    return;
+  }
+  uint32_t last = 0;
+  auto bytes = local_journal_.read_after(reintegrated_, 1 << 20, &last);
+  if (!bytes || bytes->empty()) return;
+  KmlScan scan = kml_scan(*bytes);
+  auto plan = std::make_shared<UploadPlan>();
+  plan->records = std::move(*bytes);
+  plan->last = last;
+  size_t deletions = 0;
+  std::set<Hash> seen;
+  for (const auto& e : scan.entries) {
+    const KmlRecord& r = e.record;
+    if (r.opcode == KmlOp::Unlink || r.opcode == KmlOp::Rmdir) ++deletions;
+    if (r.opcode == KmlOp::Content && r.size > 0 && seen.insert(r.hash).second) {
+      plan->uploads.push_back({r.hash, r.path, r.size});
+    }
+  }
+  // Mass-deletion guard: an unmounted disk looks like everything deleted.
+  double share = 0.5;
+  size_t known = std::max<size_t>(index_.size(), 1);
+  if (deletions >= 10 && double(deletions) > share * double(known) && !confirmed_) {
+    if (held_deletions_ != deletions) {
+      log_warn("fileset '{}': holding {} deletions ({}% of {} entries): confirm with "
+               "`intersyncctl confirm {}` if they are meant",
+               config_.name, deletions, deletions * 100 / known, known, config_.name);
+    }
+    held_deletions_ = deletions;
+    return;
+  }
+  if (confirmed_) log_info("fileset '{}': sending {} confirmed deletions", config_.name, deletions);
+  confirmed_ = false;
+  held_deletions_ = 0;
+  reintegrating_ = true;
+  upload_next(plan);
+}
+
+bool FilesetClient::confirm() {
+  if (held_deletions_ == 0) return false;
+  confirmed_ = true;
+  reintegrate();
+  return true;
+}
+
+void FilesetClient::upload_next(std::shared_ptr<UploadPlan> plan) {
+  if (plan->next >= plan->uploads.size()) return send_reintegrate(plan);
+  const auto& u = plan->uploads[plan->next];
+  // The bytes now on disk; if the file changed since it was journaled its
+  // content id no longer matches, the server answers "superseded" and the
+  // later record carries the new content.
+  auto fd = root_.open_beneath(u.path, O_RDONLY | O_NOFOLLOW);
+  struct stat st;
+  if (!fd || fstat(fd->get(), &st) != 0 || static_cast<uint64_t>(st.st_size) != u.size) {
+    ++plan->next;
+    plan->offset = 0;
+    return upload_next(plan);
+  }
+  constexpr uint64_t kPiece = 16ull << 20;
+  std::string piece(std::min(kPiece, u.size - plan->offset), '\0');
+  ssize_t n = pread(fd->get(), piece.data(), piece.size(), static_cast<off_t>(plan->offset));
+  if (n != static_cast<ssize_t>(piece.size())) {
+    ++plan->next;
+    plan->offset = 0;
+    return upload_next(plan);
+  }
+  std::string endpoint = "upload/" + hash_hex(u.id) + "?offset=" + std::to_string(plan->offset) +
+                         "&size=" + std::to_string(u.size);
+  uint64_t gen = generation_;
+  auto alive = std::weak_ptr<bool>(alive_);
+  session_->send(
+      request_head("PUT", endpoint), std::move(piece),
+      collect([this, gen, alive, plan](Status s, int status, HttpResponseHead& head,
+                                       std::string& body) {
+        if (alive.expired() || gen != generation_) return;
+        if (!s) {
+          reintegrating_ = false;
+          return lost(s.error().message);
+        }
+        const auto& up = plan->uploads[plan->next];
+        uint64_t at = 0;
+        if (auto o = head.headers.get("X-Intersync-Offset")) {
+          std::from_chars(o->data(), o->data() + o->size(), at);
+        }
+        if (status == 200 || status == 409) {
+          // 409: the server has a different amount already (a resumed
+          // upload); continue from where it stands.
+          if (status == 200 && at > plan->offset) bytes_sent_ += at - plan->offset;
+          plan->offset = at;
+          if (plan->offset >= up.size || body == "complete\n") {
+            ++plan->next;
+            plan->offset = 0;
+          }
+          return upload_next(plan);
+        }
+        reintegrating_ = false;
+        set_error("upload of " + up.path + " answered " + std::to_string(status) + ": " + body);
+        log_error("fileset '{}': {}", config_.name, last_error_);
+        retry_timer_.start(5000, [this] { reintegrate(); });
+      }));
+}
+
+void FilesetClient::send_reintegrate(std::shared_ptr<UploadPlan> plan) {
+  HttpRequestHead head = request_head("POST", "reintegrate");
+  char host[256] = "client";
+  gethostname(host, sizeof host - 1);
+  head.headers.set("X-Intersync-Host", host);
+  head.headers.set("Content-Type", protocol::kKmlMediaType);
+  uint64_t gen = generation_;
+  auto alive = std::weak_ptr<bool>(alive_);
+  session_->send(std::move(head), plan->records,
+                 collect([this, gen, alive, plan](Status s, int status, HttpResponseHead&,
+                                                  std::string& body) {
+                   if (alive.expired() || gen != generation_) return;
+                   reintegrating_ = false;
+                   if (!s) return lost(s.error().message);
+                   if (status != 200) {
+                     set_error("reintegrate answered " + std::to_string(status) + ": " + body);
+                     log_error("fileset '{}': {}", config_.name, last_error_);
+                     retry_timer_.start(5000, [this] { reintegrate(); });
+                     return;
+                   }
+                   on_reintegrated(plan, body);
+                 }));
+}
+
+void FilesetClient::on_reintegrated(std::shared_ptr<UploadPlan> plan, const std::string& body) {
+  auto answer = nlohmann::json::parse(body, nullptr, false);
+  if (answer.is_discarded() || !answer.contains("results")) {
+    set_error("reintegrate answer is not valid JSON");
+    return;
+  }
+  std::vector<std::string> resend;
+  size_t accepted = 0, conflicts = 0;
+  for (const auto& r : answer["results"]) {
+    std::string result = r.value("result", "");
+    std::string path = r.value("path", "");
+    uint32_t server_recno = r.value("server_recno", 0u);
+    if (result == "accepted" || result == "conflict") {
+      ++accepted;
+      if (const FileState* st = index_.find(path); st && server_recno > 0) {
+        FileState fs = *st;
+        fs.version = server_recno;
+        index_.put(path, fs);
+      }
+    }
+    if (result == "conflict") {
+      ++conflicts;
+      nlohmann::json c{{"fileset", config_.name}, {"path", path}, {"copy", r.value("copy", "")},
+                       {"detail", r.value("detail", "")}, {"time", unix_now()}};
+      log_warn("fileset '{}': conflict on {}: {}{}", config_.name, path, r.value("detail", ""),
+               c["copy"].get<std::string>().empty() ? "" : " (" + c["copy"].get<std::string>() + ")");
+      conflicts_.push_back(std::move(c));
+    }
+    if (result == "resend") resend.push_back(path);
+    if (result == "refused") {
+      log_error("fileset '{}': the server refused local record {} ({}): {}", config_.name,
+                r.value("recno", 0u), path, r.value("detail", ""));
+    }
+  }
+  reintegrated_ = plan->last;
+  index_.set_meta("reintegrated", std::to_string(reintegrated_));
+  index_.set_meta("conflicts", conflicts_.dump());
+  if (Status s = index_.commit(); !s) set_error(s.error().message);
+  log_info("fileset '{}': reintegrated local records up to {} ({} accepted, {} conflicts)",
+           config_.name, reintegrated_, accepted, conflicts);
+  for (const auto& path : resend) {
+    // The server could not rename it; the object goes again as new.
+    for (const auto& p : index_.paths_under(path)) index_.erase(p);
+    index_.erase(path);
+    tracker_->reconcile_now(path);
+  }
+  if (local_pending()) return reintegrate();
+  if (fetching_ && fetches_in_flight_ == 0 && !applying_) return apply(std::move(fetching_));
+  next_batch();
+  poll();
+}
+
+nlohmann::json FilesetClient::conflicts() const { return conflicts_; }
 
 nlohmann::json FilesetClient::status() const {
   nlohmann::json j;
@@ -636,6 +890,15 @@ nlohmann::json FilesetClient::status() const {
   j["bytes_received"] = bytes_received_;
   j["entries"] = entries_;
   j["last_error"] = last_error_;
+  j["write_back"] = config_.write_back;
+  if (tracker_) {
+    j["local_pending"] = local_journal_.head() - reintegrated_;
+    j["local_head"] = local_journal_.head();
+    j["reintegrated"] = reintegrated_;
+    j["held_deletions"] = held_deletions_;
+    j["conflicts"] = conflicts_.size();
+    j["bytes_sent"] = bytes_sent_;
+  }
   return j;
 }
 

@@ -18,8 +18,12 @@
 #include <set>
 #include <string>
 
+#include "change_tracker.h"
 #include "config.h"
+#include "intersync/backend.h"
+#include "journal.h"
 #include "file_index.h"
+#include "ignore_rules.h"
 #include "fileset_dir.h"
 #include "intersync/kml.h"
 #include "intersync/transport.h"
@@ -28,16 +32,25 @@
 
 namespace intersync {
 
-class FilesetClient {
+class FilesetClient : public BackendHost {
  public:
   FilesetClient(uv_loop_t* loop, FilesetConfig config, std::string state_dir);
-  ~FilesetClient();
+  ~FilesetClient() override;
 
-  Status start(std::unique_ptr<Transport> transport);
+  // `backend` is used only with write_back: it watches the local tree.
+  Status start(std::unique_ptr<Transport> transport, std::unique_ptr<Backend> backend);
   void stop();
 
   const FilesetConfig& config() const { return config_; }
   nlohmann::json status() const;
+  nlohmann::json conflicts() const;
+  // Lets a batch held by the mass-deletion guard go to the server.
+  bool confirm();
+
+  // BackendHost (write-back)
+  void on_changes(std::vector<ChangeEvent>&& events) override;
+  void on_rescan(const std::string& rel_dir, const std::string& reason) override;
+  bool ignored(std::string_view rel_path, bool is_dir) const override;
 
   struct Batch;  // records with their content, applied as one unit
 
@@ -54,6 +67,12 @@ class FilesetClient {
   void fetch_done();
   void apply(std::unique_ptr<Batch> batch);
   void lost(const std::string& why);
+  // Write-back: sends local records after reintegrated_ to the server.
+  void reintegrate();
+  void upload_next(std::shared_ptr<struct UploadPlan> plan);
+  void send_reintegrate(std::shared_ptr<struct UploadPlan> plan);
+  void on_reintegrated(std::shared_ptr<struct UploadPlan> plan, const std::string& body);
+  bool local_pending() const;
   void set_error(const std::string& e);
 
   uv_loop_t* loop_;
@@ -80,9 +99,20 @@ class FilesetClient {
   UvTimer retry_timer_;
   std::string last_error_;
   uint64_t bytes_received_ = 0;
+  uint64_t bytes_sent_ = 0;
   uint64_t pending_bytes_ = 0;  // content bytes the current batch still needs
   size_t entries_ = 0;
-  uint64_t generation_ = 0;  // bumped on every (re)connect: stale callbacks check it
+  uint64_t generation_ = 0;
+  // write-back
+  Journal local_journal_;
+  std::unique_ptr<ChangeTracker> tracker_;
+  std::unique_ptr<Backend> backend_;
+  uint32_t reintegrated_ = 0;  // last local record the server acknowledged
+  bool reintegrating_ = false;
+  size_t held_deletions_ = 0;  // > 0: a batch waits for `intersyncctl confirm`
+  bool confirmed_ = false;
+  nlohmann::json conflicts_ = nlohmann::json::array();
+  IgnoreRules ignore_;  // bumped on every (re)connect: stale callbacks check it
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

@@ -80,6 +80,7 @@ Status FilesetServer::start(std::unique_ptr<Backend> backend) {
   if (!dir) return dir.error();
   dir_ = *dir;
   if (Status s = root_.open(config_.path); !s) return s;
+  ignore_.load_file(config_.path);
   if (Status s = journal_.open(dir_.kml); !s) return s;
   if (Status s = index_.open(state_dir_ + "/" + config_.name + ".db"); !s) return s;
   // An index written for another journal (the fileset was re-created) would
@@ -94,6 +95,8 @@ Status FilesetServer::start(std::unique_ptr<Backend> backend) {
   tracker_ = std::make_unique<ChangeTracker>(
       loop_, ChangeTracker::Options{config_.name}, root_, index_, journal_,
       [this](std::string_view p, bool d) { return ignored(p, d); });
+  reintegrator_ = std::make_unique<Reintegrator>(config_, root_, index_, journal_, *tracker_, dir_);
+  reintegrator_->load_conflicts();
   tracker_->on_committed([this] {
     index_.set_meta("journal_head", std::to_string(journal_.head()));
     wake_waiters();
@@ -114,11 +117,15 @@ void FilesetServer::stop() {
     if (!w->writer->closed()) respond(*w->writer, 503, "server stopping\n");
   }
   waiters_.clear();
+  reintegrator_.reset();
   tracker_.reset();
   (void)index_.commit();
 }
 
 void FilesetServer::on_changes(std::vector<ChangeEvent>&& events) {
+  for (const auto& e : events) {
+    if (e.path == kIgnoreFile || e.to_path == kIgnoreFile) ignore_.load_file(config_.path);
+  }
   if (tracker_) tracker_->add_events(std::move(events));
 }
 
@@ -126,8 +133,8 @@ void FilesetServer::on_rescan(const std::string& rel_dir, const std::string& rea
   if (tracker_) tracker_->rescan(rel_dir, reason);
 }
 
-bool FilesetServer::ignored(std::string_view rel_path, bool) const {
-  return is_internal_path(rel_path);
+bool FilesetServer::ignored(std::string_view rel_path, bool is_dir) const {
+  return is_internal_path(rel_path) || ignore_.ignored(rel_path, is_dir);
 }
 
 nlohmann::json FilesetServer::status() const {
@@ -142,7 +149,19 @@ nlohmann::json FilesetServer::status() const {
   j["long_polls"] = waiters_.size();
   j["bytes_served"] = bytes_served_;
   j["last_error"] = tracker_ ? tracker_->last_error() : std::string();
+  j["conflicts"] = reintegrator_ ? reintegrator_->conflicts().size() : 0;
   return j;
+}
+
+nlohmann::json FilesetServer::conflicts() const {
+  nlohmann::json out = nlohmann::json::array();
+  if (!reintegrator_) return out;
+  for (const auto& c : reintegrator_->conflicts()) {
+    out.push_back({{"fileset", config_.name}, {"path", c.path}, {"copy", c.copy},
+                   {"kind", c.kind}, {"client", c.client}, {"winner", c.winner},
+                   {"time", c.time}});
+  }
+  return out;
 }
 
 void FilesetServer::handle(const std::string& endpoint, const ParsedTarget& target,
@@ -159,6 +178,12 @@ void FilesetServer::handle(const std::string& endpoint, const ParsedTarget& targ
   }
   if (endpoint.rfind("manifest/", 0) == 0 && method == "GET") {
     return serve_manifest(endpoint.substr(9), writer);
+  }
+  if (endpoint.rfind("upload/", 0) == 0 && (method == "PUT" || method == "HEAD")) {
+    return serve_upload(endpoint.substr(7), target, request, writer);
+  }
+  if (endpoint == "reintegrate" && method == "POST") {
+    return serve_reintegrate(request, client, writer);
   }
   if (endpoint.rfind("file/", 0) == 0 && method == "GET") {
     return serve_file(endpoint.substr(5), request.head, writer);
@@ -383,6 +408,59 @@ void FilesetServer::stream_entry(const std::string& path, const FileState& st,
               [this, alive = std::weak_ptr<bool>(alive_)](uint64_t sent) {
                 if (!alive.expired()) bytes_served_ += sent;
               });
+}
+
+void FilesetServer::serve_upload(const std::string& hex, const ParsedTarget& t,
+                                 HttpRequest& request, std::shared_ptr<ResponseWriter> w) {
+  Hash id;
+  if (!hash_from_hex(hex, &id)) return respond(*w, 400, "bad content id\n");
+  std::string done = dir_.tmp + "/up-" + hash_hex(id);
+  std::string part = done + ".part";
+  struct stat st;
+  uint64_t have = 0;
+  if (::stat(done.c_str(), &st) == 0) {
+    HttpHeaders h;
+    h.set("X-Intersync-Offset", std::to_string(st.st_size));
+    return respond(*w, 200, "complete\n", "text/plain", std::move(h));
+  }
+  if (::stat(part.c_str(), &st) == 0) have = static_cast<uint64_t>(st.st_size);
+  auto offset = parse_u64(t.param("offset").value_or("0"));
+  auto size = parse_u64(t.param("size").value_or(""));
+  HttpHeaders h;
+  h.set("X-Intersync-Offset", std::to_string(have));
+  if (request.head.method == "HEAD") return respond(*w, 200, "", "text/plain", std::move(h));
+  if (!offset || !size || *offset + request.body.size() > *size) {
+    return respond(*w, 400, "upload: offset and size must be whole numbers, the piece within size\n");
+  }
+  if (*offset != have) return respond(*w, 409, "upload: wrong offset\n", "text/plain", std::move(h));
+  int fd = ::open(part.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  ssize_t n = fd < 0 ? -1 : pwrite(fd, request.body.data(), request.body.size(), *offset);
+  int e = errno;
+  if (fd >= 0) ::close(fd);
+  if (n != static_cast<ssize_t>(request.body.size())) {
+    log_error("fileset '{}': upload to {} failed: {}", config_.name, part, strerror(e));
+    return respond(*w, e == ENOSPC ? 507 : 500, std::string("upload failed: ") + strerror(e) + "\n");
+  }
+  if (*offset + request.body.size() == *size && ::rename(part.c_str(), done.c_str()) != 0) {
+    return respond(*w, 500, "upload: cannot complete\n");
+  }
+  h.set("X-Intersync-Offset", std::to_string(*offset + request.body.size()));
+  respond(*w, 200, "ok\n", "text/plain", std::move(h));
+}
+
+void FilesetServer::serve_reintegrate(HttpRequest& request, const std::string& client,
+                                      std::shared_ptr<ResponseWriter> w) {
+  KmlScan scan = kml_scan(request.body);
+  if (!scan.problems.empty()) {
+    return respond(*w, 400, "reintegrate: bad records: " + scan.problems.front().reason + "\n");
+  }
+  std::vector<KmlRecord> records;
+  for (auto& e : scan.entries) records.push_back(std::move(e.record));
+  std::string host(request.head.headers.get("X-Intersync-Host").value_or(client));
+  nlohmann::json answer = reintegrator_->reintegrate(std::move(records), client, host);
+  wake_waiters();
+  if (answer.contains("error")) return respond(*w, 503, answer.dump() + "\n", "application/json");
+  respond(*w, 200, answer.dump() + "\n", "application/json");
 }
 
 void FilesetServer::serve_manifest(const std::string& hex, std::shared_ptr<ResponseWriter> w) {

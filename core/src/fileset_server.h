@@ -20,7 +20,9 @@
 #include "intersync/backend.h"
 #include "intersync/transport.h"
 #include "journal.h"
+#include "ignore_rules.h"
 #include "path_util.h"
+#include "reintegrator.h"
 
 namespace intersync {
 
@@ -42,6 +44,7 @@ class FilesetServer : public BackendHost {
               std::shared_ptr<ResponseWriter> writer, const std::string& client);
 
   nlohmann::json status() const;
+  nlohmann::json conflicts() const;
 
   // BackendHost
   void on_changes(std::vector<ChangeEvent>&& events) override;
@@ -59,6 +62,10 @@ class FilesetServer : public BackendHost {
   void serve_file(const std::string& rel, const HttpRequestHead& head,
                   std::shared_ptr<ResponseWriter> w);
   void serve_manifest(const std::string& hex, std::shared_ptr<ResponseWriter> w);
+  void serve_upload(const std::string& hex, const ParsedTarget& t, HttpRequest& request,
+                    std::shared_ptr<ResponseWriter> w);
+  void serve_reintegrate(HttpRequest& request, const std::string& client,
+                         std::shared_ptr<ResponseWriter> w);
   void stream_entry(const std::string& path, const FileState& st, const HttpRequestHead& head,
                     std::shared_ptr<ResponseWriter> w);
   void wake_waiters();
@@ -71,9 +78,11 @@ class FilesetServer : public BackendHost {
   Journal journal_;
   FileIndex index_;
   std::unique_ptr<ChangeTracker> tracker_;
+  std::unique_ptr<Reintegrator> reintegrator_;
   std::unique_ptr<Backend> backend_;
   std::list<std::shared_ptr<Waiter>> waiters_;
   uint64_t bytes_served_ = 0;
+  IgnoreRules ignore_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 

@@ -193,6 +193,9 @@ class RecordApplier::Impl {
           index_.erase(r.path);
           return true;  // the parent is gone already: so is the entry
         }
+        if (protect && r.opcode == KmlOp::Unlink && changed_here(parent->get(), name, r.path)) {
+          return skip(r, "changed locally meanwhile");
+        }
         int flags = r.opcode == KmlOp::Rmdir ? AT_REMOVEDIR : 0;
         if (unlinkat(parent->get(), name.c_str(), flags) != 0 && errno != ENOENT) {
           if (errno == ENOTEMPTY || errno == EISDIR || errno == ENOTDIR) {
@@ -436,6 +439,19 @@ class RecordApplier::Impl {
     if (rc == 0 && renameat(dirfd, sibling.c_str(), dirfd, name.c_str()) != 0) rc = errno;
     if (rc != 0) unlinkat(dirfd, sibling.c_str(), 0);
     return rc;
+  }
+
+  // True if `name` in `dirfd` is a file whose state differs from the index:
+  // written here after the index last saw it.
+  bool changed_here(int dirfd, const std::string& name, const std::string& path) const {
+    const FileState* idx = index_.find(path);
+    struct stat st;
+    if (!idx || idx->type != FileType::File ||
+        fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      return false;
+    }
+    return !(S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == idx->size &&
+             mtime_ns(st) == idx->mtime_ns && st.st_ino == idx->ino);
   }
 
   // True if the record would touch a path the owner protects.
