@@ -445,8 +445,16 @@ void ChangeTracker::journal_removal(const std::string& path) {
 
 void ChangeTracker::rename(const std::string& from, const std::string& to) {
   const FileState* src = index_.find(from);
+  // Where `to` is now: a directory above it may have been renamed since
+  // (those renames wait later in the queue).
+  std::string now = to;
+  for (const auto& item : queue_) {
+    if (item.kind == Item::Kind::Rename && is_same_or_under(now, item.path)) {
+      now = item.to + now.substr(item.path.size());
+    }
+  }
   struct stat st;
-  bool exact = src && stat_path(to, &st) && supported(st) && st.st_ino == src->ino &&
+  bool exact = src && stat_path(now, &st) && supported(st) && st.st_ino == src->ino &&
                type_of(st) == src->type && index_.find(parent_of(to)) != nullptr &&
                !is_same_or_under(to, from) && !ignored_(to, S_ISDIR(st.st_mode));
   if (!exact) {
@@ -463,6 +471,7 @@ void ChangeTracker::rename(const std::string& from, const std::string& to) {
     }
     index_.erase(to);
   }
+  FileType src_type = src->type;
   KmlRecord r;
   r.opcode = KmlOp::Rename;
   r.src = from;
@@ -489,7 +498,13 @@ void ChangeTracker::rename(const std::string& from, const std::string& to) {
     deferred[is_same_or_under(p, from) ? moved_path(p) : p] = due;
   }
   deferred_.swap(deferred);
-  push({Item::Kind::Reconcile, to, {}}, true);
+  if (src_type == FileType::Dir) {
+    // Entries created or renamed inside it before this rename was seen were
+    // looked for under the old name: compare the whole subtree once.
+    push({Item::Kind::Rescan, to, {}}, true);
+  } else {
+    push({Item::Kind::Reconcile, to, {}}, true);
+  }
 }
 
 void ChangeTracker::rescan_tree(const std::string& dir) {

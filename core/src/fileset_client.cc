@@ -130,7 +130,8 @@ FilesetClient::FilesetClient(uv_loop_t* loop, FilesetConfig config, std::string 
     : loop_(loop),
       config_(std::move(config)),
       state_dir_(std::move(state_dir)),
-      retry_timer_(loop) {}
+      retry_timer_(loop),
+      deletion_timer_(loop) {}
 
 FilesetClient::~FilesetClient() {
   *alive_ = false;
@@ -706,9 +707,21 @@ void FilesetClient::reintegrate() {
       plan->uploads.push_back({r.hash, r.path, r.size});
     }
   }
+  // Deletions come in bursts (rm -r, a disk that vanished): let a burst
+  // gather for a moment so the guard below judges it whole.
+  if (deletions > 0 && !deletions_settled_) {
+    if (!deletion_timer_.active()) {
+      deletion_timer_.start(300, [this] {
+        deletions_settled_ = true;
+        reintegrate();
+      });
+    }
+    return;
+  }
   // Mass-deletion guard: an unmounted disk looks like everything deleted.
+  // The share is of what the server has, which still counts these entries.
   double share = 0.5;
-  size_t known = std::max<size_t>(index_.size(), 1);
+  size_t known = index_.size() + deletions;
   if (deletions >= 10 && double(deletions) > share * double(known) && !confirmed_) {
     if (held_deletions_ != deletions) {
       log_warn("fileset '{}': holding {} deletions ({}% of {} entries): confirm with "
@@ -721,6 +734,7 @@ void FilesetClient::reintegrate() {
   if (confirmed_) log_info("fileset '{}': sending {} confirmed deletions", config_.name, deletions);
   confirmed_ = false;
   held_deletions_ = 0;
+  deletions_settled_ = false;
   reintegrating_ = true;
   upload_next(plan);
 }

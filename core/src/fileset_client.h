@@ -111,6 +111,8 @@ class FilesetClient : public BackendHost {
   bool reintegrating_ = false;
   size_t held_deletions_ = 0;  // > 0: a batch waits for `intersyncctl confirm`
   bool confirmed_ = false;
+  bool deletions_settled_ = false;
+  UvTimer deletion_timer_;
   nlohmann::json conflicts_ = nlohmann::json::array();
   IgnoreRules ignore_;  // bumped on every (re)connect: stale callbacks check it
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

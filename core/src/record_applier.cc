@@ -123,6 +123,7 @@ class RecordApplier::Impl {
     src_ = &src;
     KmlRecord& r = recs[i];
     if (protect && touches_protected(r)) return skip(r, "a local change to it is not reintegrated yet");
+    if (protect && stale(r)) return true;  // this entry is newer here already
     std::string name;
     auto parent = root_.open_parent(r.opcode == KmlOp::Rename || r.opcode == KmlOp::Link
                                         ? r.target
@@ -452,6 +453,16 @@ class RecordApplier::Impl {
     }
     return !(S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == idx->size &&
              mtime_ns(st) == idx->mtime_ns && st.st_ino == idx->ino);
+  }
+
+  // True if the entry the record is about already has a later server
+  // version here (a write-back client's own change, acknowledged, is newer
+  // than an older server record still on its way).
+  bool stale(const KmlRecord& r) const {
+    const std::string& key =
+        r.opcode == KmlOp::Rename || r.opcode == KmlOp::Link ? r.src : r.path;
+    const FileState* idx = index_.find(key);
+    return idx && idx->version > r.recno;
   }
 
   // True if the record would touch a path the owner protects.
