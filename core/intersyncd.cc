@@ -4,7 +4,11 @@
 //   intersyncd -c /etc/intersync.yaml            run in the foreground
 //   intersyncd -c /etc/intersync.yaml --daemon   detach once started
 //   intersyncd -c /etc/intersync.yaml --check    validate and exit
+//   intersyncd -c /etc/intersync.yaml --serve-stdio --fset docs
+//                                                relay stdin/stdout to the running
+//                                                daemon (what ssh clients start)
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -13,6 +17,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "intersync/log.h"
+#include "stdio_relay.h"
 
 using namespace intersync;
 
@@ -52,13 +57,27 @@ int main(int argc, char** argv) {
   app.add_option("-c,--config", config_file, "configuration file")->capture_default_str();
   app.add_flag("--daemon", detach, "detach once started and write the pid file");
   app.add_flag("--check", check, "validate the configuration and its plugins, then exit");
+  bool stdio = false;
+  std::string fset;
+  auto* stdio_flag = app.add_flag("--serve-stdio", stdio,
+                                  "relay stdin and stdout to the running daemon's listener for "
+                                  "--fset: the remote end of the ssh transport");
+  auto* fset_option = app.add_option("--fset", fset, "the server fileset --serve-stdio relays to");
+  stdio_flag->needs(fset_option)->excludes("--daemon")->excludes("--check");
+  fset_option->needs(stdio_flag);
   CLI11_PARSE(app, argc, argv);
+  // A peer that went away (a socket, an ssh child's pipe, ssh's end of
+  // --serve-stdio) must make a write fail with EPIPE, not kill the daemon.
+  signal(SIGPIPE, SIG_IGN);
 
   auto config = load_config(config_file);
   if (!config) {
     std::fprintf(stderr, "intersyncd: %s\n", config.error().message.c_str());
     return 1;
   }
+  // stdout carries the protocol: every message goes to stderr, which ssh
+  // hands back to the client's log.
+  if (stdio) return serve_stdio(*config, fset);
   if (check) {
     if (Status s = Daemon::check(*config); !s) {
       std::fprintf(stderr, "intersyncd: %s\n", s.error().message.c_str());

@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <ctime>
+#include <map>
 
 #include "intersync/log.h"
 #include "intersync_build_config.h"
@@ -16,6 +17,27 @@ namespace {
 
 std::string listener_key(const FilesetConfig& f) {
   return f.transport + " " + f.listen_host + ":" + std::to_string(f.listen_port);
+}
+
+// Filesets sharing a listener are served by the transport configured for
+// the first of them, so their transport settings (TLS among them) must
+// agree: a fileset must never be served with another's.
+Status check_shared_listeners(const Config& config) {
+  std::map<std::string, const FilesetConfig*> first;
+  auto settings = [](const FilesetConfig& f) {
+    return f.transport_node.defined() ? YAML::Dump(f.transport_node.yaml()) : std::string();
+  };
+  for (const auto& f : config.filesets) {
+    if (f.role != Role::Server) continue;
+    auto [it, inserted] = first.emplace(listener_key(f), &f);
+    if (!inserted && settings(*it->second) != settings(f)) {
+      return f.node.error_at(f.transport, "fileset '" + f.name + "' shares its listener with " +
+                                              "fileset '" + it->second->name + "' but has other '" +
+                                              f.transport + "' settings; make them the same or " +
+                                              "listen elsewhere");
+    }
+  }
+  return {};
 }
 
 Status mkdir_p(const std::string& path, mode_t mode) {
@@ -56,6 +78,7 @@ Daemon::~Daemon() {
 }
 
 Status Daemon::check(const Config& config) {
+  if (Status s = check_shared_listeners(config); !s) return s;
   PluginRegistry plugins(config.plugin_dirs);
   for (const auto& f : config.filesets) {
     if (f.role == Role::Server || f.write_back) {
@@ -71,6 +94,7 @@ Status Daemon::check(const Config& config) {
 }
 
 Status Daemon::start_filesets() {
+  if (Status s = check_shared_listeners(config_); !s) return s;
   if (Status s = mkdir_p(config_.state_dir, 0700); !s) return s;
   plugins_ = std::make_unique<PluginRegistry>(config_.plugin_dirs);
   for (const auto& f : config_.filesets) {

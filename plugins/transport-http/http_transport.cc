@@ -1,20 +1,36 @@
-// The "http" transport plugin: protocol messages as HTTP/1.1 over TCP. As a
-// server it listens, accepts connections and serves each with an
-// HttpServerConnection; as a client it hands out HttpClientSession pools.
-// Its own configuration (the `http:` key of a fileset) tunes the pool size
-// and the idle timeout.
+// The "http" transport plugin: protocol messages as HTTP/1.1 over TCP,
+// optionally in TLS. As a server it listens, accepts connections, wraps each
+// in TLS when configured, and serves it with core's HttpServerConnection; as
+// a client it hands out core's HttpClientSession pools over TCP (or TLS)
+// connections. Its own configuration (the `http:` key of a fileset) tunes
+// the pool size and the idle timeout and holds the TLS settings:
+//
+//   http:
+//     tls: {cert: server.pem, key: server.key}   # a server
+//     tls: {ca: ca.pem}                          # a client verifying the server's chain and name
+//     tls: {fingerprint: 3a:5f:...}              # a client pinning the server's certificate
+//     plain: true                                # no TLS, and no warning about it
+//
+// TLS is opt-in so that existing configurations keep working; a listener or
+// a client using plain HTTP beyond the loopback interface logs a warning
+// unless `plain: true` says it is meant.
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <unordered_map>
 
-#include "http_client_session.h"
-#include "http_server_connection.h"
+#include "intersync/http_client.h"
+#include "intersync/http_server.h"
 #include "intersync/log.h"
+#include "intersync/net_address.h"
 #include "intersync/plugin.h"
 #include "intersync/transport.h"
-#include "uv_handle.h"
+#include "intersync/uv_handle.h"
+#include "tcp_stream.h"
+#include "tls_context.h"
+#include "tls_stream.h"
 
 namespace intersync::http {
 namespace {
@@ -31,6 +47,31 @@ int listen_address(const std::string& host, uint16_t port, sockaddr_storage* add
   return uv_ip6_addr(bare.c_str(), port, reinterpret_cast<sockaddr_in6*>(addr));
 }
 
+// A file named in the configuration, relative to the configuration file's
+// directory unless absolute (as token_file is).
+std::string config_path(const ConfigNode& node, const std::string& path) {
+  if (path.empty() || path.front() == '/' || node.file().empty()) return path;
+  return (std::filesystem::path(node.file()).parent_path() / path).lexically_normal().string();
+}
+
+// The connector of a client whose tls settings are a server's: every
+// connection fails, saying why.
+class MisconfiguredConnector final : public StreamConnector {
+ public:
+  explicit MisconfiguredConnector(std::string endpoint) : endpoint_(std::move(endpoint)) {}
+  Result<std::unique_ptr<ConnectAttempt>> connect(Done) override {
+    return make_error(-EINVAL,
+                      "http: cannot connect to " + endpoint_ +
+                          ": the fileset's tls settings have cert and key, which are a server's; "
+                          "a client needs ca or fingerprint");
+  }
+  std::string label() const override { return "http"; }
+  std::string endpoint() const override { return endpoint_; }
+
+ private:
+  std::string endpoint_;
+};
+
 }  // namespace
 
 class HttpTransport final : public Transport {
@@ -39,8 +80,13 @@ class HttpTransport final : public Transport {
   ~HttpTransport() override { stop(); }
 
   Status configure(const ConfigNode& node) override {
+    what_ = node.what();
+    server_tls_.reset();
+    client_tls_.reset();
+    plain_ = false;
     if (!node.defined()) return Status::Ok();
-    if (Status status = node.expect_map({"max_connections", "idle_timeout"}); !status) {
+    if (Status status = node.expect_map({"max_connections", "idle_timeout", "tls", "plain"});
+        !status) {
       return status;
     }
     if (node.has("max_connections")) {
@@ -53,6 +99,17 @@ class HttpTransport final : public Transport {
       if (!value) return value.error();
       idle_timeout_s_ = static_cast<unsigned>(*value);
     }
+    auto plain = node.get_bool("plain", false);
+    if (!plain) return plain.error();
+    plain_ = *plain;
+    if (node.has("tls")) {
+      if (plain_) {
+        return node.error_at("plain", "'plain: true' in " + what_ + " contradicts its 'tls'");
+      }
+      if (Status status = configure_tls(node); !status) return status;
+    } else if (node.has("plain") && !plain_) {
+      return node.error_at("plain", "'plain: false' in " + what_ + " needs 'tls' settings");
+    }
     return Status::Ok();
   }
 
@@ -60,6 +117,11 @@ class HttpTransport final : public Transport {
                              RequestHandler* handler) override {
     std::string where = format_endpoint(strip_brackets(host), port);
     if (listener_) return make_error(-EBUSY, fmt::format("http: already listening ({})", where));
+    if (client_tls_) {
+      return make_error(-EINVAL, fmt::format("http: cannot listen on {} with TLS: {} has no "
+                                             "'cert' and 'key' under 'tls'",
+                                             where, what_));
+    }
     sockaddr_storage addr{};
     if (int rc = listen_address(host, port, &addr); rc < 0) {
       return make_error(rc, fmt::format("http: cannot listen on {}: not an IP address", where));
@@ -78,7 +140,8 @@ class HttpTransport final : public Transport {
       return make_error(rc, fmt::format("http: cannot listen on {}: {}", where, uv_strerror(rc)));
     }
     std::string address = format_address(reinterpret_cast<sockaddr*>(&bound));
-    log_info("http: listening on {}", address);
+    log_info("http: listening on {}{}", address, server_tls_ ? " (TLS)" : "");
+    if (!server_tls_) warn_plain(host, "listening on " + address, "tls: {cert: FILE, key: FILE}");
     return address;
   }
 
@@ -86,7 +149,19 @@ class HttpTransport final : public Transport {
     ClientTarget effective = target;
     if (max_connections_) effective.max_connections = *max_connections_;
     if (idle_timeout_s_) effective.idle_timeout_ms = *idle_timeout_s_ * 1000;
-    return std::make_unique<HttpClientSession>(loop, std::move(effective));
+    std::shared_ptr<StreamConnector> connector =
+        std::make_shared<TcpConnector>(loop, target.host, target.port);
+    if (client_tls_) {
+      connector = std::make_shared<TlsConnector>(loop, std::move(connector), client_tls_,
+                                                 strip_brackets(target.host));
+    } else if (server_tls_) {
+      connector = std::make_shared<MisconfiguredConnector>(connector->endpoint());
+    } else if (!warned_client_) {
+      warned_client_ = true;
+      warn_plain(target.host, "connecting to " + connector->endpoint(),
+                 "tls: {ca: FILE} or tls: {fingerprint: SHA256}");
+    }
+    return std::make_unique<HttpClientSession>(loop, std::move(effective), std::move(connector));
   }
 
   void stop() override {
@@ -102,6 +177,74 @@ class HttpTransport final : public Transport {
   size_t connection_count() const override { return connections_.size(); }
 
  private:
+  Status configure_tls(const ConfigNode& node) {
+    ConfigNode tls = node.child("tls", "'tls' in " + what_);
+    if (!tls.defined() || !tls.yaml().IsMap()) {
+      return node.error_at("tls", "'tls' in " + what_ +
+                                      " must be a mapping: {cert: FILE, key: FILE} on a server, "
+                                      "{ca: FILE} or {fingerprint: SHA256} on a client");
+    }
+    if (Status status = tls.expect_map({"cert", "key", "ca", "fingerprint"}); !status) {
+      return status;
+    }
+    bool server = tls.has("cert") || tls.has("key");
+    if (server && !(tls.has("cert") && tls.has("key"))) {
+      std::string given = tls.has("cert") ? "cert" : "key";
+      return tls.error_at(given,
+                          "'" + given + "' in " + tls.what() + " needs both 'cert' and 'key'");
+    }
+    if (tls.has("ca") && tls.has("fingerprint")) {
+      return tls.error_at("fingerprint",
+                          tls.what() + " has both 'ca' and 'fingerprint'; give one of them");
+    }
+    if (server && (tls.has("ca") || tls.has("fingerprint"))) {
+      std::string key = tls.has("ca") ? "ca" : "fingerprint";
+      return tls.error_at(key, "'" + key + "' in " + tls.what() +
+                                   " is a client's setting, but it has a server's cert and key");
+    }
+    if (server) {
+      auto cert = tls.get_string("cert");
+      if (!cert) return cert.error();
+      auto key = tls.get_string("key");
+      if (!key) return key.error();
+      auto context = TlsContext::server(config_path(node, *cert), config_path(node, *key));
+      if (!context) return tls.error_at("cert", context.error().message);
+      server_tls_ = *context;
+      return Status::Ok();
+    }
+    if (tls.has("fingerprint")) {
+      auto text = tls.get_string("fingerprint");
+      if (!text) return text.error();
+      auto fingerprint = parse_fingerprint(*text);
+      if (!fingerprint) {
+        return tls.error_at("fingerprint",
+                            "'fingerprint' in " + tls.what() +
+                                " must be the SHA-256 of the server's certificate: 64 hex "
+                                "digits, colons allowed (openssl x509 -noout -fingerprint "
+                                "-sha256)");
+      }
+      auto context = TlsContext::client_pinned(*fingerprint);
+      if (!context) return tls.error_at("fingerprint", context.error().message);
+      client_tls_ = *context;
+      return Status::Ok();
+    }
+    auto ca = tls.get_string("ca", "");
+    if (!ca) return ca.error();
+    auto context = TlsContext::client_ca(config_path(node, *ca));
+    if (!context) return tls.error_at("ca", context.error().message);
+    client_tls_ = *context;
+    return Status::Ok();
+  }
+
+  void warn_plain(const std::string& host, const std::string& doing,
+                  const std::string& advice) const {
+    if (plain_ || is_loopback_host(host)) return;
+    log_warn(
+        "http: {} in plain HTTP{}: bearer tokens and file contents cross the network "
+        "unencrypted; add {}, or plain: true if this is meant",
+        doing, what_.empty() ? std::string() : " (" + what_ + ")", advice);
+  }
+
   static void on_connection(uv_stream_t* server, int status) {
     auto* transport = static_cast<HttpTransport*>(server->data);
     if (!transport) return;
@@ -113,21 +256,41 @@ class HttpTransport final : public Transport {
   }
 
   void accept_one(uv_stream_t* server) {
-    HttpServerConnection::Options options;
-    if (idle_timeout_s_) options.idle_timeout_ms = *idle_timeout_s_ * 1000ull;
-    auto conn = std::make_shared<HttpServerConnection>(
-        loop_, handler_, options,
-        [this](HttpServerConnection* closed) { connections_.erase(closed); });
-    if (int rc = conn->accept(server); rc < 0) {
-      log_warn("http: accepting a connection failed: {}", uv_strerror(rc));
+    auto accepted = accept_tcp(loop_, server);
+    if (!accepted) {
+      log_warn("http: accepting a connection failed: {}", accepted.error().message);
       return;
     }
-    log_debug("http: connection from {}", conn->peer());
-    connections_.emplace(conn.get(), conn);
+    std::shared_ptr<ByteStream> stream = *accepted;
+    if (server_tls_) {
+      auto tls = TlsStream::server(loop_, stream, server_tls_);
+      if (!tls) {
+        log_warn("http: connection from {}: {}", stream->peer(), tls.error().message);
+        stream->close();
+        return;
+      }
+      stream = *tls;
+    }
+    HttpServerConnection::Options options;
+    if (idle_timeout_s_) options.idle_timeout_ms = *idle_timeout_s_ * 1000ull;
+    auto conn = HttpServerConnection::start(
+        loop_, stream, handler_, options,
+        [this](HttpServerConnection* closed) { connections_.erase(closed); });
+    if (!conn) {
+      log_warn("{}", conn.error().message);
+      return;
+    }
+    log_debug("http: connection from {}", (*conn)->peer());
+    connections_.emplace(conn->get(), *conn);
   }
 
+  std::string what_;  // "'http' settings of fileset 'docs'", for messages
   std::optional<unsigned> max_connections_;
   std::optional<unsigned> idle_timeout_s_;
+  std::shared_ptr<TlsContext> server_tls_;
+  std::shared_ptr<TlsContext> client_tls_;
+  bool plain_ = false;
+  bool warned_client_ = false;
   uv_loop_t* loop_ = nullptr;
   RequestHandler* handler_ = nullptr;
   UvHandle<uv_tcp_t> listener_;

@@ -2,11 +2,20 @@
 // plugin's own descriptor creates the transport, which serves a test
 // RequestHandler and also provides the client sessions talking to it. Each
 // test runs a real libuv loop until a condition holds or a deadline timer
-// fires; at the end every handle must have been closed and freed.
+// fires; at the end every handle must have been closed and freed. The TLS
+// tests make a throw-away CA and server certificate with OpenSSL in a
+// temporary directory.
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <stdlib.h>
 #include <uv.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -17,76 +26,13 @@
 #include "intersync/config_node.h"
 #include "intersync/plugin.h"
 #include "intersync/transport.h"
+#include "test_loop.h"
 
 extern "C" const intersync_plugin_descriptor_t* intersync_plugin_descriptor(void);
 
 using namespace intersync;
 
 namespace {
-
-// A loop with helpers to run it until a condition holds and to schedule
-// work; on destruction it checks that nothing was left open.
-class TestLoop {
- public:
-  TestLoop() { uv_loop_init(&loop_); }
-  ~TestLoop() {
-    int open_handles = 0;
-    uv_walk(
-        &loop_,
-        [](uv_handle_t* handle, void* count) {
-          if (!uv_is_closing(handle)) {
-            ++*static_cast<int*>(count);
-            uv_close(handle, nullptr);
-          }
-        },
-        &open_handles);
-    uv_run(&loop_, UV_RUN_DEFAULT);
-    CHECK(open_handles == 0);
-    CHECK(uv_loop_close(&loop_) == 0);
-  }
-
-  uv_loop_t* get() { return &loop_; }
-
-  bool run_until(const std::function<bool()>& done, uint64_t timeout_ms = 20000) {
-    struct Deadline {
-      uv_timer_t timer;
-      bool expired = false;
-    };
-    auto* deadline = new Deadline;
-    uv_timer_init(&loop_, &deadline->timer);
-    deadline->timer.data = deadline;
-    uv_timer_start(
-        &deadline->timer, [](uv_timer_t* t) { static_cast<Deadline*>(t->data)->expired = true; },
-        timeout_ms, 0);
-    while (!done() && !deadline->expired) uv_run(&loop_, UV_RUN_ONCE);
-    uv_close(reinterpret_cast<uv_handle_t*>(&deadline->timer),
-             [](uv_handle_t* h) { delete static_cast<Deadline*>(h->data); });
-    return done();
-  }
-
-  // Runs `f` on the loop after `ms` milliseconds.
-  void after(uint64_t ms, std::function<void()> f) {
-    struct Later {
-      uv_timer_t timer;
-      std::function<void()> f;
-    };
-    auto* later = new Later{{}, std::move(f)};
-    uv_timer_init(&loop_, &later->timer);
-    later->timer.data = later;
-    uv_timer_start(
-        &later->timer,
-        [](uv_timer_t* t) {
-          auto* l = static_cast<Later*>(t->data);
-          l->f();
-          uv_close(reinterpret_cast<uv_handle_t*>(t),
-                   [](uv_handle_t* h) { delete static_cast<Later*>(h->data); });
-        },
-        ms, 0);
-  }
-
- private:
-  uv_loop_t loop_;
-};
 
 uint64_t now_ms() {
   return uv_hrtime() / 1000000;
@@ -742,4 +688,345 @@ TEST_CASE_METHOD(Fixture, "a peer that stops reading is dropped after idle_timeo
   REQUIRE(loop.run_until([&] { return streamer->outstanding == 0; }));
   raw->close();
   REQUIRE(loop.run_until([&] { return transport->connection_count() == 0; }));
+}
+
+// ---- TLS ----
+
+namespace {
+
+// A throw-away PKI in a temporary directory: a CA, a server certificate
+// for 127.0.0.1 signed by it, a second unrelated CA, and a certificate for
+// another address.
+class TestPki {
+ public:
+  TestPki() {
+    char dir_template[] = "/tmp/intersync-tls-XXXXXX";
+    REQUIRE(mkdtemp(dir_template) != nullptr);
+    dir = dir_template;
+    EVP_PKEY* ca_key = EVP_EC_gen("P-256");
+    X509* ca = make_cert(ca_key, "intersync test CA", nullptr, ca_key, "");
+    EVP_PKEY* server_key = EVP_EC_gen("P-256");
+    X509* server = make_cert(server_key, "server", ca, ca_key, "IP:127.0.0.1");
+    X509* elsewhere = make_cert(server_key, "elsewhere", ca, ca_key, "IP:127.0.0.2");
+    EVP_PKEY* other_key = EVP_EC_gen("P-256");
+    X509* other_ca = make_cert(other_key, "another CA", nullptr, other_key, "");
+    write_cert(ca_file(), ca);
+    write_cert(cert_file(), server);
+    write_cert(elsewhere_file(), elsewhere);
+    write_cert(other_ca_file(), other_ca);
+    FILE* f = fopen(key_file().c_str(), "w");
+    REQUIRE(f);
+    PEM_write_PrivateKey(f, server_key, nullptr, nullptr, 0, nullptr, nullptr);
+    fclose(f);
+    std::filesystem::permissions(
+        key_file(), std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int length = 0;
+    X509_digest(server, EVP_sha256(), md, &length);
+    for (unsigned i = 0; i < length; ++i) {
+      char hex[4];
+      snprintf(hex, sizeof hex, i ? ":%02X" : "%02X", md[i]);
+      fingerprint += hex;
+    }
+    for (X509* cert : {ca, server, elsewhere, other_ca}) X509_free(cert);
+    for (EVP_PKEY* key : {ca_key, server_key, other_key}) EVP_PKEY_free(key);
+  }
+  ~TestPki() { std::filesystem::remove_all(dir); }
+
+  std::string ca_file() const { return dir + "/ca.pem"; }
+  std::string other_ca_file() const { return dir + "/other-ca.pem"; }
+  std::string cert_file() const { return dir + "/server.pem"; }
+  std::string elsewhere_file() const { return dir + "/elsewhere.pem"; }
+  std::string key_file() const { return dir + "/server.key"; }
+
+  std::string dir;
+  std::string fingerprint;  // SHA-256 of server.pem, as openssl x509 -fingerprint prints it
+
+ private:
+  static X509* make_cert(EVP_PKEY* key, const std::string& cn, X509* issuer, EVP_PKEY* issuer_key,
+                         const std::string& san) {
+    static long serial = 1;
+    X509* cert = X509_new();
+    X509_set_version(cert, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(cert), serial++);
+    X509_gmtime_adj(X509_getm_notBefore(cert), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(cert), 24 * 3600);
+    X509_set_pubkey(cert, key);
+    X509_NAME* name = X509_get_subject_name(cert);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                               reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+    X509_set_issuer_name(cert, issuer ? X509_get_subject_name(issuer) : name);
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, issuer ? issuer : cert, cert, nullptr, nullptr, 0);
+    auto add = [&](int nid, const std::string& value) {
+      X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value.c_str());
+      REQUIRE(ext);
+      X509_add_ext(cert, ext, -1);
+      X509_EXTENSION_free(ext);
+    };
+    add(NID_basic_constraints, issuer ? "critical,CA:FALSE" : "critical,CA:TRUE");
+    add(NID_key_usage, issuer ? "critical,digitalSignature" : "critical,keyCertSign,cRLSign");
+    if (!san.empty()) add(NID_subject_alt_name, san);
+    REQUIRE(X509_sign(cert, issuer_key, EVP_sha256()) > 0);
+    return cert;
+  }
+
+  static void write_cert(const std::string& path, X509* cert) {
+    FILE* f = fopen(path.c_str(), "w");
+    REQUIRE(f);
+    PEM_write_X509(f, cert);
+    fclose(f);
+  }
+};
+
+Status configure(Transport& transport, const std::string& yaml) {
+  return transport.configure(ConfigNode(YAML::Load(yaml), "test.yaml", "'http' settings of test"));
+}
+
+struct TlsFixture {
+  TestPki pki;
+  TestLoop loop;
+  TestHandler handler;
+  std::unique_ptr<Transport> server = make_transport();
+  std::unique_ptr<Transport> client = make_transport();
+  uint16_t port = 0;
+
+  TlsFixture() {
+    Status configured =
+        configure(*server, "tls: {cert: " + pki.cert_file() + ", key: " + pki.key_file() + "}");
+    INFO(configured.error().message);
+    REQUIRE(configured.ok());
+    auto bound = server->listen(loop.get(), "127.0.0.1", 0, &handler);
+    REQUIRE(bound.ok());
+    port = static_cast<uint16_t>(std::stoi(bound->substr(10)));
+  }
+
+  ~TlsFixture() {
+    server->stop();
+    client->stop();
+  }
+
+  std::unique_ptr<ClientSession> session(const std::string& client_yaml) {
+    Status configured = configure(*client, client_yaml);
+    INFO(configured.error().message);
+    REQUIRE(configured.ok());
+    ClientTarget target;
+    target.host = "127.0.0.1";
+    target.port = port;
+    return client->connect(loop.get(), target);
+  }
+
+  Reply get(ClientSession& session, const std::string& path) {
+    Reply reply;
+    session.send(request("GET", path), "", reply.callbacks());
+    REQUIRE(loop.run_until([&] { return reply.done; }));
+    return reply;
+  }
+};
+
+}  // namespace
+
+TEST_CASE_METHOD(TlsFixture, "requests travel over TLS to a server the CA vouches for") {
+  auto tls = session("tls: {ca: " + pki.ca_file() + "}");
+  for (int i = 0; i < 3; ++i) {
+    Reply reply = get(*tls, "/info/" + std::to_string(i));
+    INFO(reply.status.error().message);
+    REQUIRE(reply.status.ok());
+    CHECK(reply.body == "echo GET /info/" + std::to_string(i) + " 0");
+  }
+  Reply post;
+  tls->send(request("POST", "/upload"), std::string(3 << 20, 'p'), post.callbacks());
+  REQUIRE(loop.run_until([&] { return post.done; }));
+  CHECK(post.body == "echo POST /upload 3145728");
+  // One keep-alive connection carried them all.
+  REQUIRE(handler.peers.size() == 4);
+  CHECK(std::all_of(handler.peers.begin(), handler.peers.end(),
+                    [&](const std::string& p) { return p == handler.peers[0]; }));
+}
+
+TEST_CASE_METHOD(TlsFixture, "a TLS response streams with back-pressure and a pause") {
+  constexpr uint64_t kTotal = 16ull << 20;
+  std::shared_ptr<Streamer> streamer;
+  handler.routes["/big"] = [&](HttpRequest&, std::shared_ptr<ResponseWriter> writer) {
+    streamer = std::make_shared<Streamer>();
+    streamer->writer = std::move(writer);
+    streamer->total = kTotal;
+    streamer->start();
+  };
+  auto tls = session("tls: {fingerprint: \"" + pki.fingerprint + "\"}");
+  Reply reply;
+  ResponseCallbacks cb = reply.callbacks();
+  std::shared_ptr<ClientCall> call;
+  uint64_t received = 0;
+  uint64_t mismatches = 0;
+  uint64_t while_paused = 0;
+  bool paused = false;
+  bool paused_once = false;
+  cb.on_body = [&](std::string_view piece) {
+    for (size_t i = 0; i < piece.size(); ++i) {
+      if (piece[i] != pattern_byte(received + i)) ++mismatches;
+    }
+    received += piece.size();
+    if (paused) while_paused += piece.size();
+    if (!paused_once && received >= (2 << 20)) {
+      paused_once = paused = true;
+      call->pause();
+      loop.after(200, [&] {
+        paused = false;
+        call->resume();
+      });
+    }
+  };
+  call = tls->send(request("GET", "/big"), "", cb);
+  REQUIRE(loop.run_until([&] { return reply.done; }, 60000));
+  INFO(reply.status.error().message);
+  REQUIRE(reply.status.ok());
+  CHECK(received == kTotal);
+  CHECK(mismatches == 0);
+  CHECK(paused_once);
+  // At most what one read of the socket had already decrypted.
+  CHECK(while_paused < 128 * 1024);
+  CHECK(streamer->max_outstanding <= 2);
+}
+
+TEST_CASE_METHOD(TlsFixture, "a server the client cannot trust is refused with the reason") {
+  SECTION("another CA") {
+    auto tls = session("tls: {ca: " + pki.other_ca_file() + "}");
+    Reply reply = get(*tls, "/");
+    REQUIRE_FALSE(reply.status.ok());
+    CHECK_FALSE(reply.head);
+    const std::string& message = reply.status.error().message;
+    INFO(message);
+    CHECK(message.find("127.0.0.1:" + std::to_string(port)) != std::string::npos);
+    CHECK(message.find("certificate verify failed") != std::string::npos);
+  }
+  SECTION("a pinned fingerprint that is not the server's") {
+    std::string wrong = pki.fingerprint;
+    wrong[0] = wrong[0] == 'A' ? 'B' : 'A';
+    auto tls = session("tls: {fingerprint: \"" + wrong + "\"}");
+    Reply reply = get(*tls, "/");
+    REQUIRE_FALSE(reply.status.ok());
+    const std::string& message = reply.status.error().message;
+    INFO(message);
+    CHECK(message.find("not the pinned one") != std::string::npos);
+  }
+  CHECK(handler.handled == 0);
+  // The server goes on serving clients that trust it.
+  auto good = session("tls: {ca: " + pki.ca_file() + "}");
+  Reply reply = get(*good, "/after");
+  INFO(reply.status.error().message);
+  CHECK(reply.body == "echo GET /after 0");
+  REQUIRE(loop.run_until([&] { return server->connection_count() == 1; }));
+}
+
+TEST_CASE("a certificate for another address is refused") {
+  TestPki pki;
+  TestLoop loop;
+  TestHandler handler;
+  auto server = make_transport();
+  REQUIRE(
+      configure(*server, "tls: {cert: " + pki.elsewhere_file() + ", key: " + pki.key_file() + "}")
+          .ok());
+  auto bound = server->listen(loop.get(), "127.0.0.1", 0, &handler);
+  REQUIRE(bound.ok());
+  auto client = make_transport();
+  REQUIRE(configure(*client, "tls: {ca: " + pki.ca_file() + "}").ok());
+  ClientTarget target;
+  target.host = "127.0.0.1";
+  target.port = static_cast<uint16_t>(std::stoi(bound->substr(10)));
+  auto session = client->connect(loop.get(), target);
+  Reply reply;
+  session->send(request("GET", "/"), "", reply.callbacks());
+  REQUIRE(loop.run_until([&] { return reply.done; }));
+  REQUIRE_FALSE(reply.status.ok());
+  INFO(reply.status.error().message);
+  CHECK(reply.status.error().message.find("IP address mismatch") != std::string::npos);
+  server->stop();
+}
+
+TEST_CASE_METHOD(TlsFixture, "plain HTTP and garbage on the TLS port fail cleanly") {
+  // A plain client is answered in plain HTTP: it can tell what went wrong.
+  auto plain = session("plain: true");
+  Reply reply = get(*plain, "/");
+  REQUIRE(reply.status.ok());
+  REQUIRE(reply.head);
+  CHECK(reply.head->status == 400);
+  CHECK_FALSE(reply.head->keep_alive);
+  CHECK(reply.body.find("speaks TLS") != std::string::npos);
+
+  RawClient* raw = RawClient::open(loop, port, "GARBAGE, NOT TLS\r\n\r\n");
+  REQUIRE(loop.run_until([&] { return raw->eof; }));
+  raw->close();
+  REQUIRE(loop.run_until([&] { return server->connection_count() == 0; }));
+  CHECK(handler.handled == 0);
+
+  auto tls = session("tls: {ca: " + pki.ca_file() + "}");
+  Reply after = get(*tls, "/after");
+  INFO(after.status.error().message);
+  CHECK(after.body == "echo GET /after 0");
+}
+
+TEST_CASE_METHOD(Fixture, "a TLS client against a plain server fails with the reason") {
+  TestPki pki;
+  auto client = make_transport();
+  REQUIRE(configure(*client, "tls: {ca: " + pki.ca_file() + "}").ok());
+  ClientTarget target;
+  target.host = "127.0.0.1";
+  target.port = port;
+  target.connect_timeout_ms = 5000;
+  auto tls = client->connect(loop.get(), target);
+  Reply reply;
+  tls->send(request("GET", "/"), "", reply.callbacks());
+  REQUIRE(loop.run_until([&] { return reply.done; }));
+  REQUIRE_FALSE(reply.status.ok());
+  INFO(reply.status.error().message);
+  CHECK(reply.status.error().message.find("TLS handshake failed") != std::string::npos);
+  REQUIRE(loop.run_until([&] { return transport->connection_count() == 0; }));
+}
+
+TEST_CASE("tls settings are checked when the configuration is loaded") {
+  TestPki pki;
+  auto transport = make_transport();
+  auto error_of = [&](const std::string& yaml) {
+    Status status = configure(*transport, yaml);
+    REQUIRE_FALSE(status.ok());
+    return status.error().message;
+  };
+  std::string missing =
+      error_of("tls: {cert: " + pki.dir + "/nope.pem, key: " + pki.key_file() + "}");
+  INFO(missing);
+  CHECK(missing.find("test.yaml:1:") == 0);
+  CHECK(missing.find(pki.dir + "/nope.pem") != std::string::npos);
+  CHECK(missing.find("No such file") != std::string::npos);
+  std::string not_pem =
+      error_of("tls: {cert: " + pki.key_file() + ", key: " + pki.key_file() + "}");
+  CHECK(not_pem.find(pki.key_file()) != std::string::npos);
+  CHECK(not_pem.find("no start line") != std::string::npos);
+  std::string bad_ca = error_of("tls: {ca: " + pki.key_file() + "}");
+  CHECK(bad_ca.find(pki.key_file()) != std::string::npos);
+  CHECK(error_of("tls: {cert: " + pki.cert_file() + "}").find("needs both") != std::string::npos);
+  CHECK(error_of("tls: {ca: " + pki.ca_file() + ", fingerprint: \"" + pki.fingerprint + "\"}")
+            .find("give one of them") != std::string::npos);
+  CHECK(error_of("tls: {fingerprint: abc}").find("64 hex digits") != std::string::npos);
+  CHECK(error_of("tls: {cerf: x}").find("unknown key 'cerf'") != std::string::npos);
+  CHECK(error_of("plain: true\ntls: {ca: " + pki.ca_file() + "}").find("contradicts") !=
+        std::string::npos);
+  CHECK(error_of("plain: false").find("needs 'tls'") != std::string::npos);
+  CHECK(error_of("tls: yes").find("must be a mapping") != std::string::npos);
+
+  CHECK(configure(*transport, "plain: true").ok());
+  CHECK(configure(*transport, "tls: {fingerprint: \"" + pki.fingerprint + "\"}").ok());
+  // A relative file is relative to the configuration file.
+  CHECK(transport
+            ->configure(ConfigNode(YAML::Load("tls: {cert: server.pem, key: server.key}"),
+                                   pki.dir + "/intersync.yaml", "'http' settings of test"))
+            .ok());
+  // A client's settings cannot serve.
+  REQUIRE(configure(*transport, "tls: {ca: " + pki.ca_file() + "}").ok());
+  TestLoop loop;
+  TestHandler handler;
+  auto bound = transport->listen(loop.get(), "127.0.0.1", 0, &handler);
+  REQUIRE_FALSE(bound.ok());
+  CHECK(bound.error().message.find("'cert' and 'key'") != std::string::npos);
 }

@@ -87,6 +87,9 @@ struct ClientTarget {
   // No response byte for this long ends a call with -ETIMEDOUT (long-polls
   // set their own wait well below it).
   unsigned idle_timeout_ms = 120000;
+  // The fileset the session is for: ssh starts the remote side with it.
+  // Last, so that a plugin built before it was added still reads the rest.
+  std::string fileset;
 };
 
 // A client's sessions with one server: a small pool of keep-alive

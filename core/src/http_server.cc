@@ -1,24 +1,26 @@
 // The server side of one HTTP connection: reading, dispatching one request
 // at a time, writing responses and closing gracefully. Lifetime follows
 // libuv's rules: the connection object is shared by its owner (the
-// transport) and by the response writer handed to core, its uv handles are
-// owned by UvHandle and freed in their close callbacks, and write and
-// shutdown requests reach the connection only through a weak pointer, so
-// each part can go away in any order.
-#include "http_server_connection.h"
+// transport) and by the response writer handed to core, its timer is owned
+// by UvHandle and freed in its close callback, and the stream's callbacks
+// (reads, completed writes and shutdowns) reach the connection only through
+// a weak pointer, so each part can go away in any order.
+#include "intersync/http_server.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <charconv>
+#include <deque>
+#include <optional>
 #include <utility>
 
 #include "intersync/log.h"
+#include "intersync/uv_handle.h"
 
-namespace intersync::http {
+namespace intersync {
 namespace {
 
-constexpr size_t kReadBufferSize = 64 * 1024;
 // A declared Content-Length is only a claim: memory is reserved for at most
 // this much up front and grows with the bytes that really arrive.
 constexpr uint64_t kMaxBodyReserve = 1 << 20;
@@ -27,18 +29,6 @@ constexpr uint64_t kMaxBodyReserve = 1 << 20;
 // closing with unread data would reset the connection and could destroy the
 // response before the peer has read it (nginx's lingering close).
 constexpr uint64_t kLingerMs = 5000;
-
-struct WriteReq {
-  uv_write_t req;
-  std::string data;
-  std::function<void()> on_flushed;
-  std::weak_ptr<HttpServerConnection> conn;
-};
-
-struct ShutdownReq {
-  uv_shutdown_t req;
-  std::weak_ptr<HttpServerConnection> conn;
-};
 
 std::optional<uint64_t> declared_length(const HttpResponseHead& head) {
   if (head.content_length) return head.content_length;
@@ -50,7 +40,100 @@ std::optional<uint64_t> declared_length(const HttpResponseHead& head) {
   return value;
 }
 
-}  // namespace
+class ServerResponseWriter;
+
+class ServerConnection final : public HttpServerConnection,
+                               public std::enable_shared_from_this<ServerConnection> {
+ public:
+  ServerConnection(uv_loop_t* loop, std::shared_ptr<ByteStream> stream, RequestHandler* handler,
+                   Options options, std::function<void(HttpServerConnection*)> on_closed);
+  ServerConnection(const ServerConnection&) = delete;
+  ServerConnection& operator=(const ServerConnection&) = delete;
+
+  int start();
+  void close() override;
+  void detach() override { on_closed_ = nullptr; }
+  bool closed() const override { return state_ == State::Closed; }
+  const std::string& peer() const override { return peer_; }
+
+ private:
+  friend class ServerResponseWriter;
+
+  enum class State {
+    Reading,    // serving requests
+    Closing,    // a last response is being flushed; then the write side shuts down
+    Lingering,  // shut down; discarding what the peer still sends until it closes
+    Closed,
+  };
+
+  static void on_timer(uv_timer_t* timer);
+
+  void received(std::string_view data);
+  void ended(Status status);
+  size_t consume(const char* data, size_t size);
+  void drain_pending();
+  void dispatch();
+  void reject(HttpResponseHead head);
+  void reply_parse_error();
+  void close_after_flush();
+  void start_shutdown();
+  void shutdown_done(int status);
+  void update_reading();
+  void arm_timer(uint64_t ms);
+  void write_raw(std::string data, std::function<void()> on_flushed);
+  void write_done(int status, std::function<void()> on_flushed);
+  void drop(std::function<void()> on_flushed);
+
+  // The ResponseWriter side; `writer` must be the current one or the call
+  // is dropped (a writer outliving its response, or a closed connection).
+  bool is_current(const ServerResponseWriter* writer) const;
+  void send_head(const ServerResponseWriter* writer, HttpResponseHead head);
+  void write_body(const ServerResponseWriter* writer, std::string data,
+                  std::function<void()> on_flushed);
+  void end_response(const ServerResponseWriter* writer);
+
+  uv_loop_t* loop_;
+  std::shared_ptr<ByteStream> stream_;
+  RequestHandler* handler_;
+  Options options_;
+  std::function<void(HttpServerConnection*)> on_closed_;
+  UvHandle<uv_timer_t> timer_;
+  HttpParser parser_;
+  std::string peer_;
+  std::string pending_;  // bytes read past a request that waits for its predecessor's response
+
+  State state_ = State::Reading;
+  bool reading_ = false;
+  bool in_consume_ = false;
+  bool peer_eof_ = false;
+  bool shutdown_started_ = false;
+  size_t writes_in_flight_ = 0;
+
+  // The request being read.
+  HttpRequest request_;
+  bool reading_body_ = false;
+  bool request_ready_ = false;
+
+  // The request being answered and its response.
+  bool awaiting_response_ = false;
+  std::string request_line_;  // "GET /path", for log messages
+  std::string request_method_;
+  bool request_keep_alive_ = true;
+  int request_version_minor_ = 1;
+  std::weak_ptr<ServerResponseWriter> writer_;
+  const ServerResponseWriter* writer_id_ = nullptr;
+  bool head_sent_ = false;
+  bool response_keep_alive_ = false;
+  bool body_allowed_ = true;
+  std::optional<uint64_t> declared_length_;
+  uint64_t body_written_ = 0;
+
+  // on_flushed callbacks of dropped writes run from a queue, not nested, so
+  // that a writer that writes again from on_flushed cannot recurse without
+  // bound once the peer is gone.
+  std::deque<std::function<void()>> dropped_;
+  bool running_dropped_ = false;
+};
 
 // The ResponseWriter core gets for one request. It only forwards to the
 // connection, which checks that the writer is still the current one; it
@@ -58,7 +141,7 @@ std::optional<uint64_t> declared_length(const HttpResponseHead& head) {
 // a writer after the peer left sees closed() and has its writes dropped.
 class ServerResponseWriter final : public ResponseWriter {
  public:
-  explicit ServerResponseWriter(std::shared_ptr<HttpServerConnection> conn)
+  explicit ServerResponseWriter(std::shared_ptr<ServerConnection> conn)
       : conn_(std::move(conn)), peer_(conn_->peer()) {}
 
   void send_head(HttpResponseHead head) override {
@@ -104,17 +187,18 @@ class ServerResponseWriter final : public ResponseWriter {
   }
 
  private:
-  std::shared_ptr<HttpServerConnection> conn_;
+  std::shared_ptr<ServerConnection> conn_;
   std::string peer_;
   std::function<void()> on_abort_;
   bool ended_ = false;
   bool aborted_ = false;
 };
 
-HttpServerConnection::HttpServerConnection(uv_loop_t* loop, RequestHandler* handler,
-                                           Options options,
-                                           std::function<void(HttpServerConnection*)> on_closed)
+ServerConnection::ServerConnection(uv_loop_t* loop, std::shared_ptr<ByteStream> stream,
+                                   RequestHandler* handler, Options options,
+                                   std::function<void(HttpServerConnection*)> on_closed)
     : loop_(loop),
+      stream_(std::move(stream)),
       handler_(handler),
       options_(options),
       on_closed_(std::move(on_closed)),
@@ -149,30 +233,32 @@ HttpServerConnection::HttpServerConnection(uv_loop_t* loop, RequestHandler* hand
               },
               options.limits) {}
 
-int HttpServerConnection::accept(uv_stream_t* server) {
-  int rc = tcp_.init(loop_, this, uv_tcp_init);
+int ServerConnection::start() {
+  peer_ = stream_->peer();
+  int rc = timer_.init(loop_, this, uv_timer_init);
   if (rc < 0) return rc;
-  rc = uv_accept(server, tcp_.stream());
+  std::weak_ptr<ServerConnection> weak = weak_from_this();
+  rc = stream_->read_start(ByteStream::Events{
+      .on_data =
+          [weak](std::string_view data) {
+            if (auto conn = weak.lock()) conn->received(data);
+          },
+      .on_end =
+          [weak](Status status) {
+            if (auto conn = weak.lock()) conn->ended(std::move(status));
+          },
+  });
   if (rc < 0) return rc;
-  uv_tcp_nodelay(tcp_.get(), 1);
-  sockaddr_storage addr{};
-  int len = sizeof addr;
-  if (uv_tcp_getpeername(tcp_.get(), reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    peer_ = format_address(reinterpret_cast<sockaddr*>(&addr));
-  }
-  rc = timer_.init(loop_, this, uv_timer_init);
-  if (rc < 0) return rc;
-  read_buffer_ = std::make_unique<char[]>(kReadBufferSize);
+  reading_ = true;
   arm_timer(options_.idle_timeout_ms);
-  update_reading();
   return 0;
 }
 
-void HttpServerConnection::close() {
+void ServerConnection::close() {
   if (state_ == State::Closed) return;
   auto self = shared_from_this();
   state_ = State::Closed;
-  tcp_.close();
+  stream_->close();
   timer_.close();
   auto writer = writer_.lock();
   bool aborted = std::exchange(awaiting_response_, false);
@@ -182,45 +268,32 @@ void HttpServerConnection::close() {
   if (writer && aborted) writer->abort();
 }
 
-void HttpServerConnection::on_alloc(uv_handle_t* handle, size_t, uv_buf_t* buf) {
-  auto* conn = static_cast<HttpServerConnection*>(handle->data);
-  *buf = uv_buf_init(conn->read_buffer_.get(), kReadBufferSize);
-}
-
-void HttpServerConnection::on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
-  auto* conn = static_cast<HttpServerConnection*>(stream->data);
-  if (!conn) return;
-  auto self = conn->shared_from_this();
-  conn->handle_read(nread, buf->base);
-}
-
-void HttpServerConnection::handle_read(ssize_t nread, const char* data) {
-  if (nread == 0) return;
-  if (nread < 0) {
-    if (nread != UV_EOF && nread != UV_ECONNRESET) {
-      log_info("http: reading from {} failed: {}", peer_, uv_strerror(static_cast<int>(nread)));
-    }
-    // A peer that half-closes while its last response is still being
-    // flushed may read it yet; everywhere else it has gone away.
-    if (nread == UV_EOF && state_ == State::Closing) {
-      peer_eof_ = true;
-      update_reading();
-      return;
-    }
-    close();
+void ServerConnection::ended(Status status) {
+  if (state_ == State::Closed) return;
+  if (!status.ok() && status.error().code != UV_ECONNRESET) {
+    log_info("http: reading from {} failed: {}", peer_, status.error().message);
+  }
+  // A peer that half-closes while its last response is still being
+  // flushed may read it yet; everywhere else it has gone away.
+  if (status.ok() && state_ == State::Closing) {
+    peer_eof_ = true;
+    update_reading();
     return;
   }
+  close();
+}
+
+void ServerConnection::received(std::string_view data) {
   if (state_ != State::Reading) return;  // closing: discarded
   // A body that keeps arriving may take its time; a head must come whole
   // within the idle timeout, so that trickling it cannot hold a connection.
   if (reading_body_) arm_timer(options_.idle_timeout_ms);
-  size_t size = static_cast<size_t>(nread);
-  size_t used = consume(data, size);
-  if (state_ == State::Reading && used < size) pending_.append(data + used, size - used);
+  size_t used = consume(data.data(), data.size());
+  if (state_ == State::Reading && used < data.size()) pending_.append(data.substr(used));
   update_reading();
 }
 
-size_t HttpServerConnection::consume(const char* data, size_t size) {
+size_t ServerConnection::consume(const char* data, size_t size) {
   in_consume_ = true;
   size_t offset = 0;
   while (state_ == State::Reading && !awaiting_response_ && offset < size) {
@@ -241,7 +314,7 @@ size_t HttpServerConnection::consume(const char* data, size_t size) {
   return offset;
 }
 
-void HttpServerConnection::drain_pending() {
+void ServerConnection::drain_pending() {
   std::string data = std::move(pending_);
   pending_.clear();
   size_t used = consume(data.data(), data.size());
@@ -249,7 +322,7 @@ void HttpServerConnection::drain_pending() {
   update_reading();
 }
 
-void HttpServerConnection::dispatch() {
+void ServerConnection::dispatch() {
   awaiting_response_ = true;
   reading_body_ = false;
   uv_timer_stop(timer_.get());
@@ -274,14 +347,14 @@ void HttpServerConnection::dispatch() {
   }
 }
 
-void HttpServerConnection::reject(HttpResponseHead head) {
+void ServerConnection::reject(HttpResponseHead head) {
   head.keep_alive = false;
   if (!head.content_length && !head.headers.get("Content-Length")) head.content_length = 0;
   write_raw(http_serialize(head), {});
   close_after_flush();
 }
 
-void HttpServerConnection::reply_parse_error() {
+void ServerConnection::reply_parse_error() {
   const HttpParseError& error = *parser_.error();
   log_info("http: bad request from {}: {}", peer_, error.reason);
   HttpResponseHead head;
@@ -296,7 +369,7 @@ void HttpServerConnection::reply_parse_error() {
   close_after_flush();
 }
 
-void HttpServerConnection::close_after_flush() {
+void ServerConnection::close_after_flush() {
   if (state_ != State::Reading) return;
   state_ = State::Closing;
   pending_.clear();
@@ -306,33 +379,28 @@ void HttpServerConnection::close_after_flush() {
   update_reading();
 }
 
-void HttpServerConnection::start_shutdown() {
+void ServerConnection::start_shutdown() {
   if (std::exchange(shutdown_started_, true)) return;
-  auto req = std::make_unique<ShutdownReq>();
-  req->conn = weak_from_this();
-  req->req.data = req.get();
-  if (uv_shutdown(&req->req, tcp_.stream(), on_shutdown) < 0) {
+  std::weak_ptr<ServerConnection> weak = weak_from_this();
+  int rc = stream_->shutdown([weak](int status) {
+    if (auto conn = weak.lock()) conn->shutdown_done(status);
+  });
+  if (rc < 0) close();
+}
+
+void ServerConnection::shutdown_done(int status) {
+  if (state_ != State::Closing) return;
+  if (status < 0 || peer_eof_) {
     close();
     return;
   }
-  req.release();
+  state_ = State::Lingering;
+  arm_timer(kLingerMs);
+  update_reading();
 }
 
-void HttpServerConnection::on_shutdown(uv_shutdown_t* raw, int status) {
-  std::unique_ptr<ShutdownReq> req(static_cast<ShutdownReq*>(raw->data));
-  auto conn = req->conn.lock();
-  if (!conn || conn->state_ != State::Closing) return;
-  if (status < 0 || conn->peer_eof_) {
-    conn->close();
-    return;
-  }
-  conn->state_ = State::Lingering;
-  conn->arm_timer(kLingerMs);
-  conn->update_reading();
-}
-
-void HttpServerConnection::on_timer(uv_timer_t* timer) {
-  auto* conn = static_cast<HttpServerConnection*>(timer->data);
+void ServerConnection::on_timer(uv_timer_t* timer) {
+  auto* conn = static_cast<ServerConnection*>(timer->data);
   if (!conn) return;
   auto self = conn->shared_from_this();
   if (conn->state_ == State::Reading) {
@@ -342,57 +410,51 @@ void HttpServerConnection::on_timer(uv_timer_t* timer) {
   conn->close();
 }
 
-void HttpServerConnection::update_reading() {
+void ServerConnection::update_reading() {
   if (state_ == State::Closed) return;
   bool want = state_ == State::Reading ? pending_.empty() : !peer_eof_;
   if (want == reading_) return;
   if (want) {
-    reading_ = uv_read_start(tcp_.stream(), on_alloc, on_read) == 0;
+    reading_ = stream_->read_resume() == 0;
     if (!reading_) close();
   } else {
-    uv_read_stop(tcp_.stream());
+    stream_->read_stop();
     reading_ = false;
   }
 }
 
-void HttpServerConnection::arm_timer(uint64_t ms) {
+void ServerConnection::arm_timer(uint64_t ms) {
   if (timer_) uv_timer_start(timer_.get(), on_timer, ms, 0);
 }
 
-void HttpServerConnection::write_raw(std::string data, std::function<void()> on_flushed) {
+void ServerConnection::write_raw(std::string data, std::function<void()> on_flushed) {
   if (state_ == State::Closed) {
     drop(std::move(on_flushed));
     return;
   }
-  auto req = std::make_unique<WriteReq>();
-  req->data = std::move(data);
-  req->on_flushed = std::move(on_flushed);
-  req->conn = weak_from_this();
-  req->req.data = req.get();
-  uv_buf_t buf = uv_buf_init(req->data.data(), static_cast<unsigned>(req->data.size()));
-  int rc = uv_write(&req->req, tcp_.stream(), &buf, 1, on_write);
+  // The callback owns on_flushed until the write completes; a write that
+  // fails at once never calls it, so the callback is kept to be dropped.
+  auto callback = std::make_shared<std::function<void()>>(std::move(on_flushed));
+  std::weak_ptr<ServerConnection> weak = weak_from_this();
+  int rc = stream_->write(std::move(data), [weak, callback](int status) {
+    if (auto conn = weak.lock()) {
+      conn->write_done(status, std::move(*callback));
+    } else if (*callback) {
+      call_guarded("on_flushed", *callback);
+    }
+  });
   if (rc < 0) {
     log_info("http: writing to {} failed: {}", peer_, uv_strerror(rc));
     close();
-    drop(std::move(req->on_flushed));
+    drop(std::move(*callback));
     return;
   }
   // While a response is being written, the timer measures the peer's
   // reading: one that stops reading must not hold the connection forever.
   if (++writes_in_flight_ == 1 && awaiting_response_) arm_timer(options_.idle_timeout_ms);
-  req.release();
 }
 
-void HttpServerConnection::on_write(uv_write_t* raw, int status) {
-  std::unique_ptr<WriteReq> req(static_cast<WriteReq*>(raw->data));
-  if (auto conn = req->conn.lock()) {
-    conn->write_done(status, std::move(req->on_flushed));
-  } else if (req->on_flushed) {
-    call_guarded("on_flushed", req->on_flushed);
-  }
-}
-
-void HttpServerConnection::write_done(int status, std::function<void()> on_flushed) {
+void ServerConnection::write_done(int status, std::function<void()> on_flushed) {
   --writes_in_flight_;
   if (status < 0 && state_ != State::Closed) {
     if (status != UV_ECONNRESET && status != UV_EPIPE) {
@@ -411,7 +473,7 @@ void HttpServerConnection::write_done(int status, std::function<void()> on_flush
   if (state_ == State::Closing && writes_in_flight_ == 0) start_shutdown();
 }
 
-void HttpServerConnection::drop(std::function<void()> on_flushed) {
+void ServerConnection::drop(std::function<void()> on_flushed) {
   if (!on_flushed) return;
   dropped_.push_back(std::move(on_flushed));
   if (std::exchange(running_dropped_, true)) return;
@@ -424,11 +486,11 @@ void HttpServerConnection::drop(std::function<void()> on_flushed) {
   running_dropped_ = false;
 }
 
-bool HttpServerConnection::is_current(const ServerResponseWriter* writer) const {
+bool ServerConnection::is_current(const ServerResponseWriter* writer) const {
   return state_ != State::Closed && awaiting_response_ && writer_id_ == writer;
 }
 
-void HttpServerConnection::send_head(const ServerResponseWriter* writer, HttpResponseHead head) {
+void ServerConnection::send_head(const ServerResponseWriter* writer, HttpResponseHead head) {
   if (!is_current(writer)) return;
   if (std::exchange(head_sent_, true)) {
     log_error("http: a second response head for {} from {}", request_line_, peer_);
@@ -447,8 +509,8 @@ void HttpServerConnection::send_head(const ServerResponseWriter* writer, HttpRes
   write_raw(http_serialize(head), {});
 }
 
-void HttpServerConnection::write_body(const ServerResponseWriter* writer, std::string data,
-                                      std::function<void()> on_flushed) {
+void ServerConnection::write_body(const ServerResponseWriter* writer, std::string data,
+                                  std::function<void()> on_flushed) {
   if (!is_current(writer)) {
     drop(std::move(on_flushed));
     return;
@@ -467,7 +529,7 @@ void HttpServerConnection::write_body(const ServerResponseWriter* writer, std::s
   write_raw(std::move(data), std::move(on_flushed));
 }
 
-void HttpServerConnection::end_response(const ServerResponseWriter* writer) {
+void ServerConnection::end_response(const ServerResponseWriter* writer) {
   if (!is_current(writer)) return;
   if (!head_sent_) {
     log_error("http: the response to {} from {} ended without a head", request_line_, peer_);
@@ -494,4 +556,20 @@ void HttpServerConnection::end_response(const ServerResponseWriter* writer) {
   if (!in_consume_) drain_pending();
 }
 
-}  // namespace intersync::http
+}  // namespace
+
+Result<std::shared_ptr<HttpServerConnection>> HttpServerConnection::start(
+    uv_loop_t* loop, std::shared_ptr<ByteStream> stream, RequestHandler* handler, Options options,
+    std::function<void(HttpServerConnection*)> on_closed) {
+  std::string peer = stream->peer();
+  auto conn = std::make_shared<ServerConnection>(loop, std::move(stream), handler, options,
+                                                 std::move(on_closed));
+  if (int rc = conn->start(); rc < 0) {
+    conn->detach();
+    conn->close();
+    return make_error(rc, fmt::format("http: cannot serve {}: {}", peer, uv_strerror(rc)));
+  }
+  return std::shared_ptr<HttpServerConnection>(std::move(conn));
+}
+
+}  // namespace intersync

@@ -3,23 +3,23 @@
 // the caller does from inside it (cancel, close, destroy the session): the
 // pool is shared by the session and by code running on its behalf, a
 // connection is owned by the pool and reaches it through a weak pointer,
-// uv handles are freed in their close callbacks, and uv requests find their
-// connection through a weak pointer.
-#include "http_client_session.h"
+// its timer is freed in its close callback, and its stream and connect
+// attempt reach it through a weak pointer.
+#include "intersync/http_client.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cstring>
 #include <deque>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "intersync/log.h"
-#include "uv_handle.h"
+#include "intersync/net_address.h"
+#include "intersync/uv_handle.h"
 
-namespace intersync::http {
+namespace intersync {
 
 class HttpClientConnection;
 
@@ -88,10 +88,8 @@ class HttpClientCall final : public ClientCall,
 // The pool behind an HttpClientSession.
 class ClientPool : public std::enable_shared_from_this<ClientPool> {
  public:
-  ClientPool(uv_loop_t* loop, ClientTarget target)
-      : loop_(loop),
-        target_(std::move(target)),
-        endpoint_(format_endpoint(strip_brackets(target_.host), target_.port)) {}
+  ClientPool(uv_loop_t* loop, ClientTarget target, std::shared_ptr<StreamConnector> connector)
+      : loop_(loop), target_(std::move(target)), connector_(std::move(connector)) {}
 
   std::shared_ptr<ClientCall> send(HttpRequestHead head, std::string body,
                                    ResponseCallbacks callbacks);
@@ -104,22 +102,23 @@ class ClientPool : public std::enable_shared_from_this<ClientPool> {
  private:
   uv_loop_t* loop_;
   ClientTarget target_;
-  std::string endpoint_;
+  std::shared_ptr<StreamConnector> connector_;
   std::vector<std::shared_ptr<HttpClientConnection>> connections_;
   std::deque<std::shared_ptr<HttpClientCall>> queue_;
   bool closed_ = false;
   bool dispatching_ = false;
 };
 
-// One TCP connection of the pool: resolve, connect, then one call after
-// another while both sides keep the connection alive.
+// One connection of the pool: its stream is opened by the connector, then
+// it runs one call after another while both sides keep it alive.
 class HttpClientConnection : public std::enable_shared_from_this<HttpClientConnection> {
  public:
-  HttpClientConnection(uv_loop_t* loop, std::weak_ptr<ClientPool> pool, const ClientTarget& target);
+  HttpClientConnection(uv_loop_t* loop, std::weak_ptr<ClientPool> pool, const ClientTarget& target,
+                       std::shared_ptr<StreamConnector> connector);
   HttpClientConnection(const HttpClientConnection&) = delete;
   HttpClientConnection& operator=(const HttpClientConnection&) = delete;
 
-  // Resolves and connects, then runs `call`.
+  // Opens a stream, then runs `call`.
   void open(std::shared_ptr<HttpClientCall> call);
   // Runs `call` on this idle connection.
   void run(std::shared_ptr<HttpClientCall> call);
@@ -132,34 +131,15 @@ class HttpClientConnection : public std::enable_shared_from_this<HttpClientConne
   void update_reading();
 
  private:
-  enum class State { Resolving, Connecting, Busy, Idle, Closed };
+  enum class State { Connecting, Busy, Idle, Closed };
 
-  struct ResolveReq {
-    uv_getaddrinfo_t req;
-    std::weak_ptr<HttpClientConnection> conn;
-  };
-  struct ConnectReq {
-    uv_connect_t req;
-    std::weak_ptr<HttpClientConnection> conn;
-  };
-  struct WriteReq {
-    uv_write_t req;
-    std::string head;
-    std::string body;
-    std::weak_ptr<HttpClientConnection> conn;
-  };
-
-  static void on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res);
-  static void on_connected(uv_connect_t* req, int status);
-  static void on_written(uv_write_t* req, int status);
-  static void on_alloc(uv_handle_t* handle, size_t suggested, uv_buf_t* buf);
-  static void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
   static void on_timer(uv_timer_t* timer);
 
-  void connect_next();
+  void connected(Result<std::shared_ptr<ByteStream>> stream);
   void start_call();
-  void received(const char* data, size_t size);
-  void read_failed(int status);
+  void written(int status);
+  void received(std::string_view data);
+  void ended(Status status);
   void complete(bool extra_bytes);
   void arm_timer(uint64_t ms);
   Error error(int code, std::string_view what) const;
@@ -167,18 +147,18 @@ class HttpClientConnection : public std::enable_shared_from_this<HttpClientConne
   uv_loop_t* loop_;
   std::weak_ptr<ClientPool> pool_;
   ClientTarget target_;
+  std::shared_ptr<StreamConnector> connector_;
+  std::string label_;     // "http", in every error message
   std::string endpoint_;  // "host:port", in every error message
-  UvHandle<uv_tcp_t> tcp_;
+  std::string host_;      // the Host header
   UvHandle<uv_timer_t> timer_;
-  uv_getaddrinfo_t* resolve_req_ = nullptr;
-  std::vector<sockaddr_storage> addresses_;
-  size_t next_address_ = 0;
-  int last_error_ = UV_EADDRNOTAVAIL;
+  std::unique_ptr<ConnectAttempt> attempt_;
+  std::shared_ptr<ByteStream> stream_;
   HttpParser parser_;
-  std::unique_ptr<char[]> read_buffer_;
 
-  State state_ = State::Resolving;
+  State state_ = State::Connecting;
   std::shared_ptr<HttpClientCall> call_;
+  bool read_started_ = false;
   bool reading_ = false;
   bool writing_ = false;
   bool request_keep_alive_ = true;
@@ -189,7 +169,8 @@ class HttpClientConnection : public std::enable_shared_from_this<HttpClientConne
 };
 
 namespace {
-constexpr size_t kReadBufferSize = 64 * 1024;
+// A request body up to this size travels in the same write as its head.
+constexpr size_t kInlineBody = 64 * 1024;
 }  // namespace
 
 // ---- HttpClientCall ----
@@ -225,7 +206,8 @@ std::shared_ptr<ClientCall> ClientPool::send(HttpRequestHead head, std::string b
   auto call =
       std::make_shared<HttpClientCall>(std::move(head), std::move(body), std::move(callbacks));
   if (closed_) {
-    call->finish(Error{-ECANCELED, fmt::format("http: the session to {} is closed", endpoint_)});
+    call->finish(Error{-ECANCELED, fmt::format("{}: the session to {} is closed",
+                                               connector_->label(), connector_->endpoint())});
     return call;
   }
   call->pool = weak_from_this();
@@ -241,7 +223,8 @@ void ClientPool::close() {
   auto connections = std::move(connections_);
   queue_.clear();
   connections_.clear();
-  Error closed{-ECANCELED, fmt::format("http: the session to {} was closed", endpoint_)};
+  Error closed{-ECANCELED, fmt::format("{}: the session to {} was closed", connector_->label(),
+                                       connector_->endpoint())};
   for (auto& conn : connections) conn->detach();
   for (auto& call : queued) call->finish(closed);
   for (auto& conn : connections) conn->close(closed);
@@ -268,7 +251,7 @@ void ClientPool::dispatch() {
     if (conn) {
       conn->run(std::move(call));
     } else {
-      conn = std::make_shared<HttpClientConnection>(loop_, weak_from_this(), target_);
+      conn = std::make_shared<HttpClientConnection>(loop_, weak_from_this(), target_, connector_);
       connections_.push_back(conn);
       conn->open(std::move(call));
     }
@@ -287,11 +270,15 @@ void ClientPool::remove_queued(HttpClientCall* call) {
 // ---- HttpClientConnection ----
 
 HttpClientConnection::HttpClientConnection(uv_loop_t* loop, std::weak_ptr<ClientPool> pool,
-                                           const ClientTarget& target)
+                                           const ClientTarget& target,
+                                           std::shared_ptr<StreamConnector> connector)
     : loop_(loop),
       pool_(std::move(pool)),
       target_(target),
-      endpoint_(format_endpoint(strip_brackets(target.host), target.port)),
+      connector_(std::move(connector)),
+      label_(connector_->label()),
+      endpoint_(connector_->endpoint()),
+      host_(format_endpoint(strip_brackets(target.host), target.port)),
       parser_(HttpParser::Kind::Response,
               HttpParser::Callbacks{
                   .on_response_head =
@@ -305,14 +292,14 @@ HttpClientConnection::HttpClientConnection(uv_loop_t* loop, std::weak_ptr<Client
                         response_started_ = true;
                         response_keep_alive_ = head.keep_alive;
                         if (auto call = call_; call && !call->deliver_head(head)) {
-                          close(Error{-EIO, "http: the response callback failed"});
+                          close(Error{-EIO, label_ + ": the response callback failed"});
                         }
                         if (state_ != State::Busy) parser_.pause();
                       },
                   .on_body =
                       [this](std::string_view piece) {
                         if (auto call = call_; call && !call->deliver_body(piece)) {
-                          close(Error{-EIO, "http: the response callback failed"});
+                          close(Error{-EIO, label_ + ": the response callback failed"});
                         }
                         if (state_ != State::Busy) parser_.pause();
                       },
@@ -325,92 +312,39 @@ HttpClientConnection::HttpClientConnection(uv_loop_t* loop, std::weak_ptr<Client
               }) {}
 
 Error HttpClientConnection::error(int code, std::string_view what) const {
-  return Error{code, fmt::format("http: {} {}: {}", what, endpoint_, uv_strerror(code))};
+  return Error{code, fmt::format("{}: {} {}: {}", label_, what, endpoint_, uv_strerror(code))};
 }
 
 void HttpClientConnection::open(std::shared_ptr<HttpClientCall> call) {
   call_ = std::move(call);
   call_->conn = this;
-  state_ = State::Resolving;
+  state_ = State::Connecting;
   int rc = timer_.init(loop_, this, uv_timer_init);
   if (rc < 0) {
     close(error(rc, "cannot connect to"));
     return;
   }
   arm_timer(target_.connect_timeout_ms);
-  auto req = std::make_unique<ResolveReq>();
-  req->conn = weak_from_this();
-  req->req.data = req.get();
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  std::string port = std::to_string(target_.port);
-  rc = uv_getaddrinfo(loop_, &req->req, on_resolved, strip_brackets(target_.host).c_str(),
-                      port.c_str(), &hints);
-  if (rc < 0) {
-    close(error(rc, "cannot resolve"));
+  std::weak_ptr<HttpClientConnection> weak = weak_from_this();
+  auto attempt = connector_->connect([weak](Result<std::shared_ptr<ByteStream>> stream) {
+    if (auto conn = weak.lock()) conn->connected(std::move(stream));
+  });
+  if (!attempt) {
+    close(attempt.error());
     return;
   }
-  resolve_req_ = &req->req;
-  req.release();
+  attempt_ = std::move(*attempt);
 }
 
-void HttpClientConnection::on_resolved(uv_getaddrinfo_t* raw, int status, addrinfo* res) {
-  std::unique_ptr<ResolveReq> req(static_cast<ResolveReq*>(raw->data));
-  std::unique_ptr<addrinfo, void (*)(addrinfo*)> list(res, uv_freeaddrinfo);
-  auto conn = req->conn.lock();
-  if (!conn || conn->state_ != State::Resolving) return;
-  conn->resolve_req_ = nullptr;
-  if (status < 0) {
-    conn->close(conn->error(status, "cannot resolve"));
+void HttpClientConnection::connected(Result<std::shared_ptr<ByteStream>> stream) {
+  if (state_ != State::Connecting) return;
+  if (!stream) {
+    close(stream.error());
     return;
   }
-  for (addrinfo* ai = res; ai; ai = ai->ai_next) {
-    if (ai->ai_addrlen > sizeof(sockaddr_storage)) continue;
-    sockaddr_storage addr{};
-    std::memcpy(&addr, ai->ai_addr, ai->ai_addrlen);
-    conn->addresses_.push_back(addr);
-  }
-  conn->connect_next();
-}
-
-// Tries the resolved addresses in order ("localhost" may give ::1 first
-// while the server listens on 127.0.0.1 only).
-void HttpClientConnection::connect_next() {
-  while (next_address_ < addresses_.size()) {
-    const sockaddr_storage& addr = addresses_[next_address_++];
-    int rc = tcp_.init(loop_, this, uv_tcp_init);
-    if (rc == 0) {
-      auto req = std::make_unique<ConnectReq>();
-      req->conn = weak_from_this();
-      req->req.data = req.get();
-      rc = uv_tcp_connect(&req->req, tcp_.get(), reinterpret_cast<const sockaddr*>(&addr),
-                          on_connected);
-      if (rc == 0) {
-        req.release();
-        state_ = State::Connecting;
-        return;
-      }
-    }
-    last_error_ = rc;
-  }
-  close(error(last_error_, "cannot connect to"));
-}
-
-void HttpClientConnection::on_connected(uv_connect_t* raw, int status) {
-  std::unique_ptr<ConnectReq> req(static_cast<ConnectReq*>(raw->data));
-  auto conn = req->conn.lock();
-  // A request of an attempt given up on (its handle closed) ends here.
-  if (!conn || conn->state_ != State::Connecting || raw->handle != conn->tcp_.stream()) return;
-  if (status < 0) {
-    conn->last_error_ = status;
-    conn->connect_next();
-    return;
-  }
-  uv_tcp_nodelay(conn->tcp_.get(), 1);
-  conn->read_buffer_ = std::make_unique<char[]>(kReadBufferSize);
-  conn->start_call();
+  stream_ = std::move(*stream);
+  attempt_.reset();
+  start_call();
 }
 
 void HttpClientConnection::run(std::shared_ptr<HttpClientCall> call) {
@@ -427,7 +361,7 @@ void HttpClientConnection::start_call() {
   informational_ = false;
 
   HttpRequestHead& head = call_->head;
-  if (!head.headers.get("Host")) head.headers.add("Host", endpoint_);
+  if (!head.headers.get("Host")) head.headers.add("Host", host_);
   bool bodiless = head.method == "GET" || head.method == "HEAD";
   if (!call_->body.empty() || !bodiless) {
     head.headers.set("Content-Length", std::to_string(call_->body.size()));
@@ -435,34 +369,37 @@ void HttpClientConnection::start_call() {
   request_keep_alive_ = head.keep_alive;
   if (head.method == "HEAD") parser_.expect_head_response();
 
-  auto req = std::make_unique<WriteReq>();
-  req->head = http_serialize(head);
-  req->body = std::move(call_->body);
-  req->conn = weak_from_this();
-  req->req.data = req.get();
-  uv_buf_t bufs[2] = {
-      uv_buf_init(req->head.data(), static_cast<unsigned>(req->head.size())),
-      uv_buf_init(req->body.data(), static_cast<unsigned>(req->body.size())),
+  std::string data = http_serialize(head);
+  std::string body = std::move(call_->body);
+  if (body.size() <= kInlineBody) {
+    data += body;
+    body.clear();
+  }
+  std::weak_ptr<HttpClientConnection> weak = weak_from_this();
+  auto on_written = [weak](int status) {
+    if (auto conn = weak.lock()) conn->written(status);
   };
-  int rc = uv_write(&req->req, tcp_.stream(), bufs, req->body.empty() ? 1 : 2, on_written);
+  // A large body goes in a write of its own rather than being copied
+  // behind the head; the last write's completion is the request's.
+  int rc = stream_->write(std::move(data), body.empty() ? ByteStream::Done(on_written) : nullptr);
+  if (rc == 0 && !body.empty()) rc = stream_->write(std::move(body), on_written);
   if (rc < 0) {
     close(error(rc, "cannot send a request to"));
     return;
   }
-  req.release();
   writing_ = true;
   update_reading();
 }
 
-void HttpClientConnection::on_written(uv_write_t* raw, int status) {
-  std::unique_ptr<WriteReq> req(static_cast<WriteReq*>(raw->data));
-  auto conn = req->conn.lock();
-  if (!conn || conn->state_ == State::Closed) return;
-  conn->writing_ = false;
+void HttpClientConnection::written(int status) {
+  if (state_ == State::Closed) return;
+  writing_ = false;
   // A server may answer before it has read the whole request (a refusal)
-  // and close: then the response decides how the call ends.
-  if (status < 0 && conn->state_ == State::Busy && !conn->response_started_) {
-    conn->close(conn->error(status, "cannot send a request to"));
+  // and close, and a server that went away tells why when the end of its
+  // stream is read (ssh's last words): while reading, the response side
+  // decides how the call ends.
+  if (status < 0 && state_ == State::Busy && !response_started_ && !reading_) {
+    close(error(status, "cannot send a request to"));
   }
 }
 
@@ -470,14 +407,29 @@ void HttpClientConnection::update_reading() {
   if (state_ != State::Busy && state_ != State::Idle) return;
   bool paused = state_ == State::Busy && call_ && call_->paused();
   if (!paused && !reading_) {
-    int rc = uv_read_start(tcp_.stream(), on_alloc, on_read);
+    int rc = 0;
+    if (!std::exchange(read_started_, true)) {
+      std::weak_ptr<HttpClientConnection> weak = weak_from_this();
+      rc = stream_->read_start(ByteStream::Events{
+          .on_data =
+              [weak](std::string_view data) {
+                if (auto conn = weak.lock()) conn->received(data);
+              },
+          .on_end =
+              [weak](Status status) {
+                if (auto conn = weak.lock()) conn->ended(std::move(status));
+              },
+      });
+    } else {
+      rc = stream_->read_resume();
+    }
     if (rc < 0) {
       close(error(rc, "cannot read from"));
       return;
     }
     reading_ = true;
   } else if (paused && reading_) {
-    uv_read_stop(tcp_.stream());
+    stream_->read_stop();
     reading_ = false;
   }
   // The idle timeout measures the server's silence, not the caller's pause;
@@ -489,64 +441,50 @@ void HttpClientConnection::update_reading() {
   }
 }
 
-void HttpClientConnection::on_alloc(uv_handle_t* handle, size_t, uv_buf_t* buf) {
-  auto* conn = static_cast<HttpClientConnection*>(handle->data);
-  *buf = uv_buf_init(conn->read_buffer_.get(), kReadBufferSize);
-}
-
-void HttpClientConnection::on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
-  auto* conn = static_cast<HttpClientConnection*>(stream->data);
-  if (!conn) return;
-  auto self = conn->shared_from_this();
-  if (nread > 0) {
-    conn->received(buf->base, static_cast<size_t>(nread));
-  } else if (nread < 0) {
-    conn->read_failed(static_cast<int>(nread));
-  }
-}
-
-void HttpClientConnection::received(const char* data, size_t size) {
+void HttpClientConnection::received(std::string_view data) {
   if (state_ == State::Idle) {
-    log_warn("http: {} sent data on an idle connection; closing it", endpoint_);
+    log_warn("{}: {} sent data on an idle connection; closing it", label_, endpoint_);
     close(Status::Ok());
     return;
   }
   if (state_ != State::Busy) return;
   if (!call_->paused()) arm_timer(target_.idle_timeout_ms);
   size_t used = 0;
-  bool ok = parser_.feed(data, size, &used);
+  bool ok = parser_.feed(data.data(), data.size(), &used);
   if (state_ != State::Busy) return;  // a callback canceled the call or closed the session
   if (!ok) {
-    close(Error{-EPROTO,
-                fmt::format("http: bad response from {}: {}", endpoint_, parser_.error()->reason)});
+    close(Error{-EPROTO, fmt::format("{}: bad response from {}: {}", label_, endpoint_,
+                                     parser_.error()->reason)});
     return;
   }
-  if (response_done_) complete(used < size);
+  if (response_done_) complete(used < data.size());
 }
 
-void HttpClientConnection::read_failed(int status) {
+void HttpClientConnection::ended(Status status) {
+  reading_ = false;
   // A server closes an idle keep-alive connection whenever it likes.
   if (state_ == State::Idle) {
     close(Status::Ok());
     return;
   }
   if (state_ != State::Busy) return;
-  if (status == UV_EOF) {
+  if (status.ok()) {
     // A body without a length ends with the connection.
     if (response_started_ && parser_.finish() && response_done_) {
       complete(false);
       return;
     }
-    close(Error{
-        -ECONNRESET,
-        fmt::format("http: {} closed the connection before the response was complete", endpoint_)});
+    close(Error{-ECONNRESET,
+                fmt::format("{}: {} closed the connection before the response was complete", label_,
+                            endpoint_)});
     return;
   }
-  close(error(status, "lost the connection to"));
+  close(Error{status.error().code, fmt::format("{}: lost the connection to {}: {}", label_,
+                                               endpoint_, status.error().message)});
 }
 
 void HttpClientConnection::complete(bool extra_bytes) {
-  if (extra_bytes) log_warn("http: {} sent more than one response; closing", endpoint_);
+  if (extra_bytes) log_warn("{}: {} sent more than one response; closing", label_, endpoint_);
   auto call = std::move(call_);
   bool reusable = request_keep_alive_ && response_keep_alive_ && !writing_ && !extra_bytes;
   if (reusable) {
@@ -573,14 +511,13 @@ void HttpClientConnection::on_timer(uv_timer_t* timer) {
   if (!conn) return;
   auto self = conn->shared_from_this();
   switch (conn->state_) {
-    case State::Resolving:
     case State::Connecting:
       conn->close(
-          Error{-ETIMEDOUT, fmt::format("http: connecting to {} timed out after {} ms",
+          Error{-ETIMEDOUT, fmt::format("{}: connecting to {} timed out after {} ms", conn->label_,
                                         conn->endpoint_, conn->target_.connect_timeout_ms)});
       break;
     case State::Busy:
-      conn->close(Error{-ETIMEDOUT, fmt::format("http: no response from {} for {} ms",
+      conn->close(Error{-ETIMEDOUT, fmt::format("{}: no response from {} for {} ms", conn->label_,
                                                 conn->endpoint_, conn->target_.idle_timeout_ms)});
       break;
     case State::Idle:
@@ -593,11 +530,8 @@ void HttpClientConnection::close(Status why) {
   if (state_ == State::Closed) return;
   auto self = shared_from_this();
   state_ = State::Closed;
-  if (resolve_req_) {
-    uv_cancel(reinterpret_cast<uv_req_t*>(resolve_req_));
-    resolve_req_ = nullptr;
-  }
-  tcp_.close();
+  attempt_.reset();
+  if (stream_) stream_->close();
   timer_.close();
   auto pool = pool_.lock();
   pool_.reset();
@@ -608,8 +542,9 @@ void HttpClientConnection::close(Status why) {
 
 // ---- HttpClientSession ----
 
-HttpClientSession::HttpClientSession(uv_loop_t* loop, ClientTarget target)
-    : pool_(std::make_shared<ClientPool>(loop, std::move(target))) {}
+HttpClientSession::HttpClientSession(uv_loop_t* loop, ClientTarget target,
+                                     std::shared_ptr<StreamConnector> connector)
+    : pool_(std::make_shared<ClientPool>(loop, std::move(target), std::move(connector))) {}
 
 HttpClientSession::~HttpClientSession() {
   close();
@@ -624,4 +559,4 @@ void HttpClientSession::close() {
   pool_->close();
 }
 
-}  // namespace intersync::http
+}  // namespace intersync
