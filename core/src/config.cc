@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <net/if.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -84,6 +85,13 @@ bool is_hex64(std::string_view s) {
 
 bool is_host_name(std::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_';
+  });
+}
+
+// An IPv6 zone: an interface name (at most IF_NAMESIZE - 1 bytes) or index.
+bool is_zone(std::string_view s) {
+  return !s.empty() && s.size() < IF_NAMESIZE && std::all_of(s.begin(), s.end(), [](char c) {
     return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_';
   });
 }
@@ -467,11 +475,19 @@ Result<std::pair<std::string, uint16_t>> parse_host_port(std::string_view s,
       port = rest.substr(1);
       has_port = true;
     }
-    // A zone ("fe80::1%eth0") is not part of the address inet_pton checks.
-    std::string addr(host.substr(0, host.find('%')));
+    // A zone ("fe80::1%eth0") is not part of the address inet_pton checks;
+    // it must be an interface name or number. A NUL would end the address
+    // early for inet_pton and let anything follow it.
+    size_t percent = host.find('%');
+    std::string addr(host.substr(0, percent));
     in6_addr a6;
-    if (host.empty() || ::inet_pton(AF_INET6, addr.c_str(), &a6) != 1) {
+    if (host.empty() || addr.find('\0') != std::string::npos ||
+        ::inet_pton(AF_INET6, addr.c_str(), &a6) != 1) {
       return make_error(-EINVAL, "'" + std::string(host) + "' is not an IPv6 address");
+    }
+    if (percent != std::string_view::npos && !is_zone(host.substr(percent + 1))) {
+      return make_error(-EINVAL, "'" + std::string(host) +
+                                     "' has an invalid zone: expected an interface name or number");
     }
   } else {
     size_t colon = s.find(':');
