@@ -61,8 +61,8 @@ namespace {
 struct ApplyJob {
   uv_work_t work{};
   std::unique_ptr<FilesetClient::Batch> batch;
-  const SafeRoot* root = nullptr;
-  FileIndex* index = nullptr;
+  std::shared_ptr<const SafeRoot> root;
+  std::shared_ptr<FileIndex> index;
   std::string tmp_dir;
   std::string last_rcvd;
   std::string server_uuid;
@@ -143,9 +143,9 @@ Status FilesetClient::start(std::unique_ptr<Transport> transport,
   auto dir = prepare_fileset_dir(config_.path, config_.name);
   if (!dir) return dir.error();
   dir_ = *dir;
-  if (Status s = root_.open(config_.path); !s) return s;
-  if (Status s = index_.open(state_dir_ + "/" + config_.name + ".db"); !s) return s;
-  entries_ = index_.size();
+  if (Status s = root_->open(config_.path); !s) return s;
+  if (Status s = index_->open(state_dir_ + "/" + config_.name + ".db"); !s) return s;
+  entries_ = index_->size();
   // Files a crash left half-written in staging are of no use; downloads
   // (<id> and <id>.part) are kept to be verified or resumed.
   if (DIR* d = opendir(dir_.tmp.c_str())) {
@@ -157,16 +157,16 @@ Status FilesetClient::start(std::unique_ptr<Transport> transport,
   ignore_.load_file(config_.path);
   if (config_.write_back) {
     if (Status s = local_journal_.open(dir_.kml); !s) return s;
-    reintegrated_ = static_cast<uint32_t>(std::stoul(index_.meta("reintegrated").value_or("0")));
+    reintegrated_ = static_cast<uint32_t>(std::stoul(index_->meta("reintegrated").value_or("0")));
     if (reintegrated_ > local_journal_.head()) reintegrated_ = local_journal_.head();
-    if (auto c = index_.meta("conflicts")) {
+    if (auto c = index_->meta("conflicts")) {
       auto j = nlohmann::json::parse(*c, nullptr, false);
       if (j.is_array()) conflicts_ = j;
     }
     ChangeTracker::Options opts{config_.name};
     opts.client = true;
     tracker_ = std::make_unique<ChangeTracker>(
-        loop_, opts, root_, index_, local_journal_,
+        loop_, opts, *root_, *index_, local_journal_,
         [this](std::string_view p, bool d) { return ignored(p, d); });
     tracker_->on_committed([this] { reintegrate(); });
     backend_ = std::move(backend);
@@ -180,6 +180,7 @@ Status FilesetClient::start(std::unique_ptr<Transport> transport,
   target.host = config_.server_host;
   target.port = config_.server_port;
   target.user = config_.server_user;
+  target.fileset = config_.name;
   session_ = transport_->connect(loop_, target);
   log_info("fileset '{}': replicating {} from {}:{}", config_.name, config_.path,
            config_.server_host, config_.server_port);
@@ -195,7 +196,7 @@ void FilesetClient::stop() {
   if (backend_) backend_->stop();
   if (session_) session_->close();
   if (transport_) transport_->stop();
-  if (tracker_) (void)index_.commit();
+  if (tracker_) (void)index_->commit();
 }
 
 void FilesetClient::on_changes(std::vector<ChangeEvent>&& events) {
@@ -325,6 +326,7 @@ void FilesetClient::lost(const std::string& why) {
   target.host = config_.server_host;
   target.port = config_.server_port;
   target.user = config_.server_user;
+  target.fileset = config_.name;
   session_ = transport_->connect(loop_, target);
   backoff_ms_ = backoff_ms_ == 0 ? 500 : std::min(backoff_ms_ * 2, kMaxBackoffMs);
   log_info("fileset '{}': retrying in {} ms ({})", config_.name, backoff_ms_, why);
@@ -401,8 +403,8 @@ void FilesetClient::next_batch() {
       r.opcode = KmlOp::Noop;
     }
     if (r.opcode == KmlOp::Content && r.size > 0 && !wanted.count(r.hash)) {
-      const FileState* idx = index_.find(r.path);
-      bool have = (idx && idx->content_id == r.hash) || index_.path_of_content(r.hash);
+      const FileState* idx = index_->find(r.path);
+      bool have = (idx && idx->content_id == r.hash) || index_->path_of_content(r.hash);
       if (!have) {
         wanted.insert(r.hash);
         if (r.size <= protocol::kSmallFile) {
@@ -611,8 +613,8 @@ void FilesetClient::apply(std::unique_ptr<Batch> batch) {
   applying_ = true;
   auto* job = new ApplyJob;
   job->batch = std::move(batch);
-  job->root = &root_;
-  job->index = &index_;
+  job->root = root_;
+  job->index = index_;
   job->tmp_dir = dir_.tmp;
   job->last_rcvd = dir_.last_rcvd;
   job->server_uuid = server_uuid_;
@@ -721,7 +723,7 @@ void FilesetClient::reintegrate() {
   // Mass-deletion guard: an unmounted disk looks like everything deleted.
   // The share is of what the server has, which still counts these entries.
   double share = 0.5;
-  size_t known = index_.size() + deletions;
+  size_t known = index_->size() + deletions;
   if (deletions >= 10 && double(deletions) > share * double(known) && !confirmed_) {
     if (held_deletions_ != deletions) {
       log_warn("fileset '{}': holding {} deletions ({}% of {} entries): confirm with "
@@ -752,7 +754,7 @@ void FilesetClient::upload_next(std::shared_ptr<UploadPlan> plan) {
   // The bytes now on disk; if the file changed since it was journaled its
   // content id no longer matches, the server answers "superseded" and the
   // later record carries the new content.
-  auto fd = root_.open_beneath(u.path, O_RDONLY | O_NOFOLLOW);
+  auto fd = root_->open_beneath(u.path, O_RDONLY | O_NOFOLLOW);
   struct stat st;
   if (!fd || fstat(fd->get(), &st) != 0 || static_cast<uint64_t>(st.st_size) != u.size) {
     ++plan->next;
@@ -841,10 +843,10 @@ void FilesetClient::on_reintegrated(std::shared_ptr<UploadPlan> plan, const std:
     uint32_t server_recno = r.value("server_recno", 0u);
     if (result == "accepted" || result == "conflict") {
       ++accepted;
-      if (const FileState* st = index_.find(path); st && server_recno > 0) {
+      if (const FileState* st = index_->find(path); st && server_recno > 0) {
         FileState fs = *st;
         fs.version = server_recno;
-        index_.put(path, fs);
+        index_->put(path, fs);
       }
     }
     if (result == "conflict") {
@@ -862,15 +864,15 @@ void FilesetClient::on_reintegrated(std::shared_ptr<UploadPlan> plan, const std:
     }
   }
   reintegrated_ = plan->last;
-  index_.set_meta("reintegrated", std::to_string(reintegrated_));
-  index_.set_meta("conflicts", conflicts_.dump());
-  if (Status s = index_.commit(); !s) set_error(s.error().message);
+  index_->set_meta("reintegrated", std::to_string(reintegrated_));
+  index_->set_meta("conflicts", conflicts_.dump());
+  if (Status s = index_->commit(); !s) set_error(s.error().message);
   log_info("fileset '{}': reintegrated local records up to {} ({} accepted, {} conflicts)",
            config_.name, reintegrated_, accepted, conflicts);
   for (const auto& path : resend) {
     // The server could not rename it; the object goes again as new.
-    for (const auto& p : index_.paths_under(path)) index_.erase(p);
-    index_.erase(path);
+    for (const auto& p : index_->paths_under(path)) index_->erase(p);
+    index_->erase(path);
     tracker_->reconcile_now(path);
   }
   if (local_pending()) return reintegrate();

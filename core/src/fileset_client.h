@@ -79,8 +79,10 @@ class FilesetClient : public BackendHost {
   FilesetConfig config_;
   std::string state_dir_;
   FilesetDir dir_;
-  SafeRoot root_;
-  FileIndex index_;
+  // Shared with the apply job on the thread pool, which may outlive this
+  // object when the daemon stops mid-batch.
+  std::shared_ptr<SafeRoot> root_ = std::make_shared<SafeRoot>();
+  std::shared_ptr<FileIndex> index_ = std::make_shared<FileIndex>();
   std::unique_ptr<Transport> transport_;
   std::unique_ptr<ClientSession> session_;
 
