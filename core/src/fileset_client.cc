@@ -52,6 +52,7 @@ struct FilesetClient::Batch {
   uint32_t applied_upto = 0;
   size_t skipped = 0;
   std::string error;
+  size_t missing = 0;  // contents the server did not have when asked
 };
 
 namespace {
@@ -310,8 +311,7 @@ void FilesetClient::lost(const std::string& why) {
   if (state_ == State::Stopped) return;
   ++generation_;
   poll_call_.reset();
-  fetching_.reset();
-  fetches_in_flight_ = 0;
+  requeue_fetching();
   pending_bytes_ = 0;
   if (state_ != State::Disconnected) {
     disconnected_since_ = unix_now();
@@ -438,20 +438,45 @@ void FilesetClient::next_batch() {
 
 void FilesetClient::fetch_done() {
   if (--fetches_in_flight_ > 0 || !fetching_) return;
+  if (fetching_->missing > 0 && fetch_retries_ < 10) {
+    // Content the server did not have at this moment: most often a file
+    // renamed on the server a moment ago and not yet journaled. Ask again
+    // shortly rather than skip it; after a few tries a later record must
+    // be what replaces it.
+    ++fetch_retries_;
+    requeue_fetching();
+    retry_timer_.start(300, [this] { next_batch(); });
+    return;
+  }
+  fetch_retries_ = 0;
   if (applying_ || reintegrating_) return;  // picked up when that ends
   apply(std::move(fetching_));
+}
+
+void FilesetClient::requeue(Batch& batch, uint32_t after) {
+  for (auto it = batch.records.rbegin(); it != batch.records.rend(); ++it) {
+    if (it->recno > after) pending_.push_front(std::move(*it));
+  }
+}
+
+void FilesetClient::requeue_fetching() {
+  if (fetching_) requeue(*fetching_, 0);
+  fetching_.reset();
+  fetches_in_flight_ = 0;
+  ++batch_seq_;  // answers still on their way belong to the dropped batch
 }
 
 void FilesetClient::fetch_small(std::vector<Hash> ids) {
   std::string body;
   for (const auto& id : ids) body += hash_hex(id) + "\n";
   ++fetches_in_flight_;
-  uint64_t gen = generation_;
+  uint64_t gen = generation_, seq = batch_seq_;
   auto alive = std::weak_ptr<bool>(alive_);
   session_->send(
       request_head("POST", "contents"), std::move(body),
-      collect([this, gen, alive, ids](Status s, int status, HttpResponseHead&, std::string& data) {
-        if (alive.expired() || gen != generation_) return;
+      collect([this, gen, seq, alive, ids](Status s, int status, HttpResponseHead&,
+                                           std::string& data) {
+        if (alive.expired() || gen != generation_ || seq != batch_seq_ || !fetching_) return;
         if (!s) return lost(s.error().message);
         if (status != 200) return lost("contents answered " + std::to_string(status));
         size_t pos = 0;
@@ -459,7 +484,10 @@ void FilesetClient::fetch_small(std::vector<Hash> ids) {
           if (pos + 8 > data.size()) return lost("contents answer is cut short");
           uint64_t len = get_u64(data.data() + pos);
           pos += 8;
-          if (len == UINT64_MAX) continue;
+          if (len == UINT64_MAX) {
+            ++fetching_->missing;
+            continue;
+          }
           if (len > data.size() - pos) return lost("contents answer is cut short");
           fetching_->small[id] = data.substr(pos, len);
           pending_bytes_ -= std::min<uint64_t>(pending_bytes_, len);
@@ -554,19 +582,19 @@ void FilesetClient::fetch_large(const Hash& id, uint64_t size) {
   dl->fd = fd;
   dl->offset = have;
   ++fetches_in_flight_;
-  uint64_t gen = generation_;
+  uint64_t gen = generation_, seq = batch_seq_;
   auto alive = std::weak_ptr<bool>(alive_);
-  dl->finished = [this, gen, alive, id, part, final_path, size](StagedDownload& d) {
-    if (alive.expired() || gen != generation_) return;
+  dl->finished = [this, gen, seq, alive, id, part, final_path, size](StagedDownload& d) {
+    if (alive.expired() || gen != generation_ || seq != batch_seq_ || !fetching_) return;
     if (d.write_error != 0) {
       set_error(part + ": " + uv_strerror(d.write_error));
       return lost("cannot write " + part + ": " + uv_strerror(d.write_error));
     }
     if (!d.response_status) return lost(d.response_status.error().message);
     if (d.http_status == 404) {
-      // Gone from the server: a later record replaces it.
+      // Not there right now (see fetch_done); the partial file is kept.
       fetching_->staged.erase(id);
-      ::unlink(part.c_str());
+      ++fetching_->missing;
     } else if (d.http_status == 200 || d.http_status == 206) {
       ::close(d.fd);
       d.fd = -1;
@@ -641,9 +669,9 @@ void FilesetClient::apply(std::unique_ptr<Batch> batch) {
       log_error("fileset '{}': applying stopped at record {}: {}", config_.name,
                 b.applied_upto + 1, b.error);
       set_error(b.error);
-      for (auto it = b.records.rbegin(); it != b.records.rend(); ++it) {
-        if (it->recno > b.applied_upto) pending_.push_front(std::move(*it));
-      }
+      // The batch fetched meanwhile comes after this one's remainder.
+      requeue_fetching();
+      requeue(b, b.applied_upto);
       retry_timer_.start(5000, [this] {
         if (state_ == State::Connected) next_batch();
       });
@@ -857,7 +885,10 @@ void FilesetClient::on_reintegrated(std::shared_ptr<UploadPlan> plan, const std:
                c["copy"].get<std::string>().empty() ? "" : " (" + c["copy"].get<std::string>() + ")");
       conflicts_.push_back(std::move(c));
     }
-    if (result == "resend") resend.push_back(path);
+    if (result == "resend") {
+      resend.push_back(path);
+      if (r.contains("target")) resend.push_back(r.value("target", ""));
+    }
     if (result == "refused") {
       log_error("fileset '{}': the server refused local record {} ({}): {}", config_.name,
                 r.value("recno", 0u), path, r.value("detail", ""));

@@ -65,6 +65,10 @@ class FilesetClient : public BackendHost {
   void fetch_small(std::vector<Hash> ids);
   void fetch_large(const Hash& id, uint64_t size);
   void fetch_done();
+  // Puts a batch's records after `after` back in front of pending_.
+  void requeue(Batch& batch, uint32_t after);
+  // Drops the batch being fetched, its records back in pending_.
+  void requeue_fetching();
   void apply(std::unique_ptr<Batch> batch);
   void lost(const std::string& why);
   // Write-back: sends local records after reintegrated_ to the server.
@@ -95,6 +99,8 @@ class FilesetClient : public BackendHost {
   std::shared_ptr<ClientCall> poll_call_;
   std::unique_ptr<Batch> fetching_;  // batch whose content is being fetched
   unsigned fetches_in_flight_ = 0;
+  uint64_t batch_seq_ = 0;  // identifies fetching_ to its fetch callbacks
+  unsigned fetch_retries_ = 0;
   bool applying_ = false;
   uint64_t backoff_ms_ = 0;
   uint64_t disconnected_since_ = 0;  // unix seconds

@@ -210,8 +210,10 @@ nlohmann::json Reintegrator::reintegrate(std::vector<KmlRecord> records,
     } else {
       o = apply_one(records, i, client, host);
     }
-    results.push_back({{"recno", local}, {"result", o.result}, {"server_recno", o.server_recno},
-                       {"detail", o.detail}, {"copy", o.copy}, {"path", primary_path(records[i])}});
+    nlohmann::json result{{"recno", local}, {"result", o.result}, {"server_recno", o.server_recno},
+                          {"detail", o.detail}, {"copy", o.copy}, {"path", primary_path(records[i])}};
+    if (records[i].opcode == KmlOp::Rename) result["target"] = records[i].target;
+    results.push_back(std::move(result));
   }
   // Acknowledged only once durable.
   if (Status s = journal_.sync(); !s) {
