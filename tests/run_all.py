@@ -13,6 +13,7 @@ The last line is `N passed, N failed[, N skipped]`.
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -114,12 +115,12 @@ def run_fuzz(seconds, tally):
     start = time.monotonic()
     r = subprocess.run([str(ROOT / "scripts" / "fuzz"), str(seconds)], cwd=ROOT,
                        capture_output=True, text=True)
-    lines = [l for l in r.stdout.splitlines() if l.startswith("fuzz ")]
+    # One line per target: "fuzz_<target>: ok: N executions ..." or a failure.
+    lines = [l for l in r.stdout.splitlines() if re.match(r"^fuzz_\w+: ", l)]
     for line in lines:
-        # "fuzz <target>: ok, N runs" or "fuzz <target>: CRASH ..."
-        name, _, rest = line[5:].partition(":")
-        tally.add(f"fuzz/{name}", "passed" if rest.strip().startswith("ok") else "failed", rest)
-    if r.returncode != 0 and all("ok" in l for l in lines):
+        name, _, rest = line.partition(": ")
+        tally.add(f"fuzz/{name}", "passed" if rest.startswith("ok") else "failed", rest)
+    if not lines or (r.returncode != 0 and all(": ok" in l for l in lines)):
         tally.add("fuzz", "failed", (r.stdout + r.stderr)[-4000:])
     print(f"fuzz: {len(lines)} targets, {time.monotonic() - start:.1f}s", flush=True)
 
