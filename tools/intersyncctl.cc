@@ -80,8 +80,9 @@ int main(int argc, char** argv) {
   app.add_option("--socket", socket_path,
                  "the control socket, instead of the one the configuration names (useful "
                  "while the file is being edited)");
-  auto* status = app.add_subcommand("status", "per fileset: role, peers, journal position, "
-                                              "what is pending, the last error");
+  auto* status = app.add_subcommand("status",
+                                    "per fileset: role, peers, journal position, "
+                                    "what is pending, the last error");
   status->add_flag("--json", json, "print the daemon's answer as JSON");
   auto* conflicts = app.add_subcommand("conflicts", "conflicts met, where each losing version is");
   conflicts->add_flag("--json", json, "print the list as JSON");
@@ -115,9 +116,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "intersyncctl: no client fileset '%s'\n", fset.c_str());
       return 1;
     }
-    std::printf("%s\n", answer.value("released", false)
-                            ? "deletions released to the server"
-                            : "nothing was held");
+    std::printf("%s\n", answer.value("released", false) ? "deletions released to the server"
+                                                        : "nothing was held");
     return 0;
   }
   if (conflicts->parsed()) {

@@ -67,7 +67,9 @@ FileState state_of(const struct stat& st) {
   return fs;
 }
 
-uint64_t now_ms(uv_loop_t* loop) { return uv_now(loop); }
+uint64_t now_ms(uv_loop_t* loop) {
+  return uv_now(loop);
+}
 
 bool same_content_stat(const struct stat& a, const struct stat& b) {
   return a.st_size == b.st_size && mtime_ns(a) == mtime_ns(b) && a.st_ino == b.st_ino;
@@ -117,7 +119,9 @@ ChangeTracker::ChangeTracker(uv_loop_t* loop, Options options, const SafeRoot& r
       slice_timer_(loop),
       deferred_timer_(loop) {}
 
-ChangeTracker::~ChangeTracker() { *alive_ = false; }
+ChangeTracker::~ChangeTracker() {
+  *alive_ = false;
+}
 
 bool ChangeTracker::stat_path(const std::string& path, struct stat* st) const {
   const char* p = path.empty() ? "." : path.c_str();
@@ -197,7 +201,9 @@ void ChangeTracker::reconcile_now(const std::string& path) {
   commit();
 }
 
-void ChangeTracker::pause() { paused_ = true; }
+void ChangeTracker::pause() {
+  paused_ = true;
+}
 
 void ChangeTracker::resume() {
   paused_ = false;
@@ -252,7 +258,8 @@ bool ChangeTracker::append(KmlRecord& rec) {
   if (options_.client) {
     // The base: the server version of the entry before this change.
     std::string key = rec.path;
-    if (rec.opcode == KmlOp::Unlink || rec.opcode == KmlOp::Rmdir) key = join_rel(rec.dir, rec.name);
+    if (rec.opcode == KmlOp::Unlink || rec.opcode == KmlOp::Rmdir)
+      key = join_rel(rec.dir, rec.name);
     if (rec.opcode == KmlOp::Rename || rec.opcode == KmlOp::Link) key = rec.src;
     const FileState* before = index_.find(key);
     rec.prevrec = before ? before->version : 0;
@@ -269,9 +276,15 @@ bool ChangeTracker::append(KmlRecord& rec) {
 
 void ChangeTracker::process(const Item& item) {
   switch (item.kind) {
-    case Item::Kind::Reconcile: reconcile(item.path); break;
-    case Item::Kind::Rename: rename(item.path, item.to); break;
-    case Item::Kind::Rescan: rescan_tree(item.path); break;
+    case Item::Kind::Reconcile:
+      reconcile(item.path);
+      break;
+    case Item::Kind::Rename:
+      rename(item.path, item.to);
+      break;
+    case Item::Kind::Rescan:
+      rescan_tree(item.path);
+      break;
   }
 }
 

@@ -12,6 +12,7 @@
 // durable together (one fdatasync) before they are announced.
 #pragma once
 
+#include <sys/stat.h>
 #include <uv.h>
 
 #include <deque>
@@ -20,7 +21,6 @@
 #include <memory>
 #include <set>
 #include <string>
-#include <sys/stat.h>
 
 #include "file_index.h"
 #include "intersync/backend.h"
@@ -101,7 +101,7 @@ class ChangeTracker {
   std::function<void()> committed_;
 
   std::deque<Item> queue_;
-  std::set<std::string> queued_;  // paths with a Reconcile item in queue_
+  std::set<std::string> queued_;              // paths with a Reconcile item in queue_
   std::map<std::string, uint64_t> deferred_;  // path -> due time (ms), Modified files
   UvTimer slice_timer_;
   UvTimer deferred_timer_;

@@ -80,8 +80,12 @@ Hash sha256(std::string_view data) {
   return h;
 }
 
-Chunker::Chunker() : sha_(new Sha) { sha_->reset(); }
-Chunker::~Chunker() { delete sha_; }
+Chunker::Chunker() : sha_(new Sha) {
+  sha_->reset();
+}
+Chunker::~Chunker() {
+  delete sha_;
+}
 
 void Chunker::cut() {
   manifest_.chunks.push_back(ChunkRef{sha_->final(), chunk_len_});

@@ -67,8 +67,7 @@ struct Config {
 Result<Config> load_config(const std::string& file);
 
 // Parses "host:port", "[v6]:port", "host" (default_port). Port 0 allowed.
-Result<std::pair<std::string, uint16_t>> parse_host_port(std::string_view s,
-                                                         uint16_t default_port);
+Result<std::pair<std::string, uint16_t>> parse_host_port(std::string_view s, uint16_t default_port);
 
 const char* role_name(Role r);
 const char* conflict_policy_name(ConflictPolicy p);

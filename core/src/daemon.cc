@@ -69,7 +69,9 @@ void close_control_conn(ControlConn* c) {
 
 }  // namespace
 
-Daemon::Daemon(Config config) : config_(std::move(config)) { uv_loop_init(&loop_); }
+Daemon::Daemon(Config config) : config_(std::move(config)) {
+  uv_loop_init(&loop_);
+}
 
 Daemon::~Daemon() {
   // Let close callbacks of everything stopped run before the loop goes.
@@ -99,9 +101,10 @@ Status Daemon::start_filesets() {
   plugins_ = std::make_unique<PluginRegistry>(config_.plugin_dirs);
   for (const auto& f : config_.filesets) {
     if (f.auth_none) {
-      log_warn("fileset '{}': authentication is OFF (auth: none): anyone who can reach {} "
-               "can read it",
-               f.name, f.role == Role::Server ? "the listener" : "the server");
+      log_warn(
+          "fileset '{}': authentication is OFF (auth: none): anyone who can reach {} "
+          "can read it",
+          f.name, f.role == Role::Server ? "the listener" : "the server");
     }
     auto transport = plugins_->create_transport(f.transport);
     if (!transport) return transport.error();
@@ -130,10 +133,9 @@ Status Daemon::start_filesets() {
       auto bound = l.transport->listen(&loop_, f.listen_host, f.listen_port, l.router.get());
       if (!bound) {
         listeners_.erase(key);
-        return make_error(bound.error().code, "fileset '" + f.name + "': cannot listen on " +
-                                                  f.listen_host + ":" +
-                                                  std::to_string(f.listen_port) + ": " +
-                                                  bound.error().message);
+        return make_error(bound.error().code,
+                          "fileset '" + f.name + "': cannot listen on " + f.listen_host + ":" +
+                              std::to_string(f.listen_port) + ": " + bound.error().message);
       }
       l.address = *bound;
       log_info("listening on {} ({})", l.address, f.transport);
@@ -330,8 +332,8 @@ Status claim_pid_file(const std::string& path) {
     int n = fscanf(f, "%ld", &pid);
     fclose(f);
     if (n == 1 && pid > 0 && pid != getpid() && kill(static_cast<pid_t>(pid), 0) == 0) {
-      return make_error(-EEXIST, "intersyncd is already running (pid " + std::to_string(pid) +
-                                     ", " + path + ")");
+      return make_error(
+          -EEXIST, "intersyncd is already running (pid " + std::to_string(pid) + ", " + path + ")");
     }
   }
   std::string tmp = path + ".new";
@@ -375,8 +377,8 @@ int Daemon::run(std::function<void()> on_ready) {
     log_info("{}: stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
     self->shutdown();
   };
-  for (auto [handle, signum] : {std::pair{&sigterm_, SIGTERM}, {&sigint_, SIGINT},
-                                {&sighup_, SIGHUP}}) {
+  for (auto [handle, signum] :
+       {std::pair{&sigterm_, SIGTERM}, {&sigint_, SIGINT}, {&sighup_, SIGHUP}}) {
     uv_signal_init(&loop_, handle);
     handle->data = this;
     uv_signal_start(handle, on_signal, signum);
@@ -393,9 +395,8 @@ int Daemon::run(std::function<void()> on_ready) {
 std::string format_status(const nlohmann::json& st) {
   std::string out;
   const auto& d = st["daemon"];
-  out += fmt::format("intersyncd {} (pid {}), up {} s, config {}\n",
-                     d.value("version", "?"), d.value("pid", 0), d.value("uptime_seconds", 0),
-                     d.value("config", "?"));
+  out += fmt::format("intersyncd {} (pid {}), up {} s, config {}\n", d.value("version", "?"),
+                     d.value("pid", 0), d.value("uptime_seconds", 0), d.value("config", "?"));
   for (const auto& f : st["filesets"]) {
     out += fmt::format("\nfileset {} ({}) {}\n", f.value("name", "?"), f.value("role", "?"),
                        f.value("path", "?"));
@@ -407,9 +408,9 @@ std::string format_status(const nlohmann::json& st) {
                          f.value("bytes_served", 0));
       std::string peers;
       for (const auto& p : f.value("peers", nlohmann::json::array())) {
-        peers += fmt::format("{}{} ({}, idle {} s)", peers.empty() ? "" : ", ",
-                             p.value("name", "?"), p.value("address", "?"),
-                             p.value("idle_seconds", 0));
+        peers +=
+            fmt::format("{}{} ({}, idle {} s)", peers.empty() ? "" : ", ", p.value("name", "?"),
+                        p.value("address", "?"), p.value("idle_seconds", 0));
       }
       out += "  peers: " + (peers.empty() ? std::string("none") : peers) + "\n";
     } else {

@@ -15,7 +15,9 @@ struct Stmt {
 
 }  // namespace
 
-FileIndex::~FileIndex() { close(); }
+FileIndex::~FileIndex() {
+  close();
+}
 
 void FileIndex::close() {
   if (db_) sqlite3_close(db_);
@@ -34,8 +36,8 @@ Status FileIndex::exec(const char* sql) {
 
 Status FileIndex::open(const std::string& db_path) {
   db_path_ = db_path;
-  if (sqlite3_open_v2(db_path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
-                      nullptr) != SQLITE_OK) {
+  if (sqlite3_open_v2(db_path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
+      SQLITE_OK) {
     std::string msg = db_path + ": " + (db_ ? sqlite3_errmsg(db_) : "cannot open");
     close();
     return make_error(-EIO, msg);

@@ -9,7 +9,6 @@
 #include <uuid/uuid.h>
 
 #include <charconv>
-#include <unistd.h>
 #include <cstring>
 #include <ctime>
 #include <map>
@@ -30,14 +29,15 @@ constexpr uint64_t kMaxPending = 50000;  // records received ahead of applying
 constexpr unsigned kPollWait = 25;       // seconds a long-poll waits on the server
 constexpr uint64_t kMaxBackoffMs = 30000;
 
-uint64_t unix_now() { return static_cast<uint64_t>(time(nullptr)); }
+uint64_t unix_now() {
+  return static_cast<uint64_t>(time(nullptr));
+}
 
 uint64_t get_u64(const char* p) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = v << 8 | static_cast<uint8_t>(p[i]);
   return v;
 }
-
 
 }  // namespace
 
@@ -99,8 +99,8 @@ void run_apply_job(ApplyJob& job) {
   const SafeRoot& root = *job.root;
   auto root_dir = root.open_beneath("", O_RDONLY | O_DIRECTORY);
   if (!root_dir || syncfs(root_dir->get()) != 0) {
-    b.error = "syncfs of " + root.path() + " failed: " +
-              (root_dir ? strerror(errno) : root_dir.error().message);
+    b.error = "syncfs of " + root.path() +
+              " failed: " + (root_dir ? strerror(errno) : root_dir.error().message);
     b.applied_upto = 0;
     return;
   }
@@ -224,11 +224,14 @@ HttpRequestHead FilesetClient::request_head(const std::string& method,
   return h;
 }
 
-void FilesetClient::set_error(const std::string& e) { last_error_ = e; }
+void FilesetClient::set_error(const std::string& e) {
+  last_error_ = e;
+}
 
 // Collects a small response body and calls back with status and body.
-static ResponseCallbacks collect(std::function<void(Status, int, HttpResponseHead&, std::string&)> cb,
-                                 size_t limit = 256u << 20) {
+static ResponseCallbacks collect(
+    std::function<void(Status, int, HttpResponseHead&, std::string&)> cb,
+    size_t limit = 256u << 20) {
   struct State {
     HttpResponseHead head;
     std::string body;
@@ -281,9 +284,10 @@ void FilesetClient::connect() {
             }
           }
           if (!server_uuid_.empty()) {
-            log_warn("fileset '{}': the server's journal changed identity ({} -> {}); "
-                     "replaying it from record {}",
-                     config_.name, server_uuid_, uuid, applied_);
+            log_warn(
+                "fileset '{}': the server's journal changed identity ({} -> {}); "
+                "replaying it from record {}",
+                config_.name, server_uuid_, uuid, applied_);
           }
           server_uuid_ = uuid;
           pending_.clear();
@@ -294,9 +298,8 @@ void FilesetClient::connect() {
                    config_.name, config_.server_host, config_.server_port,
                    unix_now() - disconnected_since_, server_head_, applied_);
         } else {
-          log_info("fileset '{}': connected to {}:{} (server head {}, last_rcvd {})",
-                   config_.name, config_.server_host, config_.server_port, server_head_,
-                   applied_);
+          log_info("fileset '{}': connected to {}:{} (server head {}, last_rcvd {})", config_.name,
+                   config_.server_host, config_.server_port, server_head_, applied_);
         }
         state_ = State::Connected;
         backoff_ms_ = 0;
@@ -372,8 +375,8 @@ void FilesetClient::on_records(std::string bytes, uint32_t head) {
   for (auto& e : scan.entries) {
     if (e.record.recno <= received_) continue;  // a repeat after a reconnect
     if (e.record.recno != received_ + 1) {
-      set_error("journal from the server skips from record " + std::to_string(received_) +
-                " to " + std::to_string(e.record.recno));
+      set_error("journal from the server skips from record " + std::to_string(received_) + " to " +
+                std::to_string(e.record.recno));
       log_error("fileset '{}': {}; asking again", config_.name, last_error_);
       break;
     }
@@ -398,8 +401,7 @@ void FilesetClient::next_batch() {
     pending_.pop_front();
     std::string why;
     if (!record_paths_ok(r, &why)) {
-      log_error("fileset '{}': refusing record {} from the server: {}", config_.name, r.recno,
-                why);
+      log_error("fileset '{}': refusing record {} from the server: {}", config_.name, r.recno, why);
       r.opcode = KmlOp::Noop;
     }
     if (r.opcode == KmlOp::Content && r.size > 0 && !wanted.count(r.hash)) {
@@ -423,8 +425,8 @@ void FilesetClient::next_batch() {
   fetching_ = std::move(batch);
   fetches_in_flight_ = 1;  // released below, after every fetch is issued
   for (size_t i = 0; i < small.size(); i += kBulkIds) {
-    fetch_small(std::vector<Hash>(small.begin() + i,
-                                  small.begin() + std::min(small.size(), i + kBulkIds)));
+    fetch_small(
+        std::vector<Hash>(small.begin() + i, small.begin() + std::min(small.size(), i + kBulkIds)));
   }
   for (const auto& id : std::set<Hash>(fetching_->staged)) {
     uint64_t size = 0;
@@ -472,30 +474,30 @@ void FilesetClient::fetch_small(std::vector<Hash> ids) {
   ++fetches_in_flight_;
   uint64_t gen = generation_, seq = batch_seq_;
   auto alive = std::weak_ptr<bool>(alive_);
-  session_->send(
-      request_head("POST", "contents"), std::move(body),
-      collect([this, gen, seq, alive, ids](Status s, int status, HttpResponseHead&,
-                                           std::string& data) {
-        if (alive.expired() || gen != generation_ || seq != batch_seq_ || !fetching_) return;
-        if (!s) return lost(s.error().message);
-        if (status != 200) return lost("contents answered " + std::to_string(status));
-        size_t pos = 0;
-        for (const auto& id : ids) {
-          if (pos + 8 > data.size()) return lost("contents answer is cut short");
-          uint64_t len = get_u64(data.data() + pos);
-          pos += 8;
-          if (len == UINT64_MAX) {
-            ++fetching_->missing;
-            continue;
-          }
-          if (len > data.size() - pos) return lost("contents answer is cut short");
-          fetching_->small[id] = data.substr(pos, len);
-          pending_bytes_ -= std::min<uint64_t>(pending_bytes_, len);
-          bytes_received_ += len;
-          pos += len;
-        }
-        fetch_done();
-      }));
+  session_->send(request_head("POST", "contents"), std::move(body),
+                 collect([this, gen, seq, alive, ids](Status s, int status, HttpResponseHead&,
+                                                      std::string& data) {
+                   if (alive.expired() || gen != generation_ || seq != batch_seq_ || !fetching_)
+                     return;
+                   if (!s) return lost(s.error().message);
+                   if (status != 200) return lost("contents answered " + std::to_string(status));
+                   size_t pos = 0;
+                   for (const auto& id : ids) {
+                     if (pos + 8 > data.size()) return lost("contents answer is cut short");
+                     uint64_t len = get_u64(data.data() + pos);
+                     pos += 8;
+                     if (len == UINT64_MAX) {
+                       ++fetching_->missing;
+                       continue;
+                     }
+                     if (len > data.size() - pos) return lost("contents answer is cut short");
+                     fetching_->small[id] = data.substr(pos, len);
+                     pending_bytes_ -= std::min<uint64_t>(pending_bytes_, len);
+                     bytes_received_ += len;
+                     pos += len;
+                   }
+                   fetch_done();
+                 }));
 }
 
 namespace {
@@ -666,8 +668,8 @@ void FilesetClient::apply(std::unique_ptr<Batch> batch) {
     if (!b.error.empty()) {
       // Keep what was applied; put the rest back and try again later (a
       // full disk, for one, clears up).
-      log_error("fileset '{}': applying stopped at record {}: {}", config_.name,
-                b.applied_upto + 1, b.error);
+      log_error("fileset '{}': applying stopped at record {}: {}", config_.name, b.applied_upto + 1,
+                b.error);
       set_error(b.error);
       // The batch fetched meanwhile comes after this one's remainder.
       requeue_fetching();
@@ -754,9 +756,10 @@ void FilesetClient::reintegrate() {
   size_t known = index_->size() + deletions;
   if (deletions >= 10 && double(deletions) > share * double(known) && !confirmed_) {
     if (held_deletions_ != deletions) {
-      log_warn("fileset '{}': holding {} deletions ({}% of {} entries): confirm with "
-               "`intersyncctl confirm {}` if they are meant",
-               config_.name, deletions, deletions * 100 / known, known, config_.name);
+      log_warn(
+          "fileset '{}': holding {} deletions ({}% of {} entries): confirm with "
+          "`intersyncctl confirm {}` if they are meant",
+          config_.name, deletions, deletions * 100 / known, known, config_.name);
     }
     held_deletions_ = deletions;
     return;
@@ -841,20 +844,20 @@ void FilesetClient::send_reintegrate(std::shared_ptr<UploadPlan> plan) {
   head.headers.set("Content-Type", protocol::kKmlMediaType);
   uint64_t gen = generation_;
   auto alive = std::weak_ptr<bool>(alive_);
-  session_->send(std::move(head), plan->records,
-                 collect([this, gen, alive, plan](Status s, int status, HttpResponseHead&,
-                                                  std::string& body) {
-                   if (alive.expired() || gen != generation_) return;
-                   reintegrating_ = false;
-                   if (!s) return lost(s.error().message);
-                   if (status != 200) {
-                     set_error("reintegrate answered " + std::to_string(status) + ": " + body);
-                     log_error("fileset '{}': {}", config_.name, last_error_);
-                     retry_timer_.start(5000, [this] { reintegrate(); });
-                     return;
-                   }
-                   on_reintegrated(plan, body);
-                 }));
+  session_->send(
+      std::move(head), plan->records,
+      collect([this, gen, alive, plan](Status s, int status, HttpResponseHead&, std::string& body) {
+        if (alive.expired() || gen != generation_) return;
+        reintegrating_ = false;
+        if (!s) return lost(s.error().message);
+        if (status != 200) {
+          set_error("reintegrate answered " + std::to_string(status) + ": " + body);
+          log_error("fileset '{}': {}", config_.name, last_error_);
+          retry_timer_.start(5000, [this] { reintegrate(); });
+          return;
+        }
+        on_reintegrated(plan, body);
+      }));
 }
 
 void FilesetClient::on_reintegrated(std::shared_ptr<UploadPlan> plan, const std::string& body) {
@@ -879,10 +882,14 @@ void FilesetClient::on_reintegrated(std::shared_ptr<UploadPlan> plan, const std:
     }
     if (result == "conflict") {
       ++conflicts;
-      nlohmann::json c{{"fileset", config_.name}, {"path", path}, {"copy", r.value("copy", "")},
-                       {"detail", r.value("detail", "")}, {"time", unix_now()}};
-      log_warn("fileset '{}': conflict on {}: {}{}", config_.name, path, r.value("detail", ""),
-               c["copy"].get<std::string>().empty() ? "" : " (" + c["copy"].get<std::string>() + ")");
+      nlohmann::json c{{"fileset", config_.name},
+                       {"path", path},
+                       {"copy", r.value("copy", "")},
+                       {"detail", r.value("detail", "")},
+                       {"time", unix_now()}};
+      log_warn(
+          "fileset '{}': conflict on {}: {}{}", config_.name, path, r.value("detail", ""),
+          c["copy"].get<std::string>().empty() ? "" : " (" + c["copy"].get<std::string>() + ")");
       conflicts_.push_back(std::move(c));
     }
     if (result == "resend") {
@@ -912,7 +919,9 @@ void FilesetClient::on_reintegrated(std::shared_ptr<UploadPlan> plan, const std:
   poll();
 }
 
-nlohmann::json FilesetClient::conflicts() const { return conflicts_; }
+nlohmann::json FilesetClient::conflicts() const {
+  return conflicts_;
+}
 
 nlohmann::json FilesetClient::status() const {
   nlohmann::json j;
@@ -922,10 +931,18 @@ nlohmann::json FilesetClient::status() const {
   j["server"] = config_.server_host + ":" + std::to_string(config_.server_port);
   const char* state = "connecting";
   switch (state_) {
-    case State::Connecting: state = "connecting"; break;
-    case State::Connected: state = "connected"; break;
-    case State::Disconnected: state = "disconnected"; break;
-    case State::Stopped: state = "stopped"; break;
+    case State::Connecting:
+      state = "connecting";
+      break;
+    case State::Connected:
+      state = "connected";
+      break;
+    case State::Disconnected:
+      state = "disconnected";
+      break;
+    case State::Stopped:
+      state = "stopped";
+      break;
   }
   j["state"] = state;
   if (state_ == State::Disconnected) j["disconnected_since"] = disconnected_since_;

@@ -20,14 +20,14 @@
 
 #include "change_tracker.h"
 #include "config.h"
-#include "intersync/backend.h"
-#include "journal.h"
 #include "file_index.h"
-#include "ignore_rules.h"
 #include "fileset_dir.h"
+#include "ignore_rules.h"
+#include "intersync/backend.h"
 #include "intersync/kml.h"
 #include "intersync/transport.h"
 #include "intersync/uv_timer.h"
+#include "journal.h"
 #include "path_util.h"
 
 namespace intersync {

@@ -157,8 +157,12 @@ nlohmann::json FilesetServer::conflicts() const {
   nlohmann::json out = nlohmann::json::array();
   if (!reintegrator_) return out;
   for (const auto& c : reintegrator_->conflicts()) {
-    out.push_back({{"fileset", config_.name}, {"path", c.path}, {"copy", c.copy},
-                   {"kind", c.kind}, {"client", c.client}, {"winner", c.winner},
+    out.push_back({{"fileset", config_.name},
+                   {"path", c.path},
+                   {"copy", c.copy},
+                   {"kind", c.kind},
+                   {"client", c.client},
+                   {"winner", c.winner},
                    {"time", c.time}});
   }
   return out;
@@ -168,8 +172,7 @@ void FilesetServer::handle(const std::string& endpoint, const ParsedTarget& targ
                            HttpRequest&& request, std::shared_ptr<ResponseWriter> writer,
                            const std::string& client) {
   const std::string& method = request.head.method;
-  log_debug("fileset '{}': {} {} {} from {}", config_.name, client, method, endpoint,
-            request.peer);
+  log_debug("fileset '{}': {} {} {} from {}", config_.name, client, method, endpoint, request.peer);
   if (endpoint == "info" && (method == "GET" || method == "HEAD")) return serve_info(writer);
   if (endpoint == "kml" && method == "GET") return serve_kml(target, writer);
   if (endpoint == "contents" && method == "POST") return serve_contents(request.body, writer);
@@ -208,12 +211,14 @@ void FilesetServer::serve_kml(const ParsedTarget& t, std::shared_ptr<ResponseWri
   }
   if (auto uuid = t.param("uuid"); uuid && !uuid->empty() && *uuid != dir_.uuid) {
     nlohmann::json j{{"error", "fileset uuid differs: the server's journal was re-created"},
-                     {"uuid", dir_.uuid}, {"head", journal_.head()}};
+                     {"uuid", dir_.uuid},
+                     {"head", journal_.head()}};
     return respond(*w, 409, j.dump() + "\n", "application/json");
   }
   if (*since > journal_.head()) {
     nlohmann::json j{{"error", "since is past the journal head: the journal was re-created"},
-                     {"uuid", dir_.uuid}, {"head", journal_.head()}};
+                     {"uuid", dir_.uuid},
+                     {"head", journal_.head()}};
     return respond(*w, 409, j.dump() + "\n", "application/json");
   }
   if (*since < journal_.head() || *wait == 0) return answer_kml(static_cast<uint32_t>(*since), w);
@@ -360,8 +365,8 @@ void FilesetServer::serve_file(const std::string& rel, const HttpRequestHead& he
                                std::shared_ptr<ResponseWriter> w) {
   auto path = normalize_rel_path(rel);
   if (!path || is_internal_path(*path)) {
-    return respond(*w, 400, "bad path: " + (path ? std::string("internal") : path.error().message) +
-                                "\n");
+    return respond(*w, 400,
+                   "bad path: " + (path ? std::string("internal") : path.error().message) + "\n");
   }
   const FileState* st = index_.find(*path);
   if (!st || st->type != FileType::File) return respond(*w, 404, "no such file\n");
@@ -430,16 +435,19 @@ void FilesetServer::serve_upload(const std::string& hex, const ParsedTarget& t,
   h.set("X-Intersync-Offset", std::to_string(have));
   if (request.head.method == "HEAD") return respond(*w, 200, "", "text/plain", std::move(h));
   if (!offset || !size || *offset + request.body.size() > *size) {
-    return respond(*w, 400, "upload: offset and size must be whole numbers, the piece within size\n");
+    return respond(*w, 400,
+                   "upload: offset and size must be whole numbers, the piece within size\n");
   }
-  if (*offset != have) return respond(*w, 409, "upload: wrong offset\n", "text/plain", std::move(h));
+  if (*offset != have)
+    return respond(*w, 409, "upload: wrong offset\n", "text/plain", std::move(h));
   int fd = ::open(part.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
   ssize_t n = fd < 0 ? -1 : pwrite(fd, request.body.data(), request.body.size(), *offset);
   int e = errno;
   if (fd >= 0) ::close(fd);
   if (n != static_cast<ssize_t>(request.body.size())) {
     log_error("fileset '{}': upload to {} failed: {}", config_.name, part, strerror(e));
-    return respond(*w, e == ENOSPC ? 507 : 500, std::string("upload failed: ") + strerror(e) + "\n");
+    return respond(*w, e == ENOSPC ? 507 : 500,
+                   std::string("upload failed: ") + strerror(e) + "\n");
   }
   if (*offset + request.body.size() == *size && ::rename(part.c_str(), done.c_str()) != 0) {
     return respond(*w, 500, "upload: cannot complete\n");

@@ -17,10 +17,10 @@
 #include "config.h"
 #include "file_index.h"
 #include "fileset_dir.h"
+#include "ignore_rules.h"
 #include "intersync/backend.h"
 #include "intersync/transport.h"
 #include "journal.h"
-#include "ignore_rules.h"
 #include "path_util.h"
 #include "reintegrator.h"
 

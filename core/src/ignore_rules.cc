@@ -10,13 +10,15 @@ namespace intersync {
 
 const std::vector<std::string>& IgnoreRules::defaults() {
   // Editor swap and lock files, desktop metadata, NFS silly-renames.
-  static const std::vector<std::string> list = {
-      "*.swp", "*.swo", "*.swx", "*~", ".#*", "#*#", ".~lock.*#", "4913",
-      ".DS_Store", "Thumbs.db", "desktop.ini", ".nfs*"};
+  static const std::vector<std::string> list = {"*.swp",     "*.swo",     "*.swx",       "*~",
+                                                ".#*",       "#*#",       ".~lock.*#",   "4913",
+                                                ".DS_Store", "Thumbs.db", "desktop.ini", ".nfs*"};
   return list;
 }
 
-IgnoreRules::IgnoreRules() { load({}); }
+IgnoreRules::IgnoreRules() {
+  load({});
+}
 
 IgnoreRules::Rule IgnoreRules::parse(std::string_view line) {
   Rule r;

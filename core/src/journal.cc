@@ -23,8 +23,8 @@ Status Journal::open(const std::string& path) {
   for (const auto& e : scan->entries) {
     if (e.record.recno != first_recno_ + offsets_.size()) {
       return make_error(-EBADMSG, "journal " + path + ": record numbers jump from " +
-                                      std::to_string(first_recno_ + offsets_.size() - 1) +
-                                      " to " + std::to_string(e.record.recno));
+                                      std::to_string(first_recno_ + offsets_.size() - 1) + " to " +
+                                      std::to_string(e.record.recno));
     }
     offsets_.push_back(e.offset);
   }
@@ -64,8 +64,8 @@ Result<std::string> Journal::read_after(uint32_t since, uint64_t max_bytes, uint
   std::string out(end - begin, '\0');
   size_t done = 0;
   while (done < out.size()) {
-    ssize_t n = pread(writer_.fd(), out.data() + done, out.size() - done,
-                      static_cast<off_t>(begin + done));
+    ssize_t n =
+        pread(writer_.fd(), out.data() + done, out.size() - done, static_cast<off_t>(begin + done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return errno_error("journal " + path_ + ": read failed: " + strerror(errno));
     done += static_cast<size_t>(n);

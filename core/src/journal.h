@@ -20,7 +20,7 @@ class Journal {
   Result<uint64_t> append(KmlRecord& rec);
   Status sync();
 
-  uint32_t head() const { return durable_head_; }       // last durable recno
+  uint32_t head() const { return durable_head_; }  // last durable recno
   uint32_t last_appended() const { return writer_.last_recno(); }
   // Bytes of records (since, ...], at least one record when any exists,
   // otherwise at most `max_bytes`. Sets *last to the last recno included.

@@ -59,8 +59,10 @@ bool is_internal_path(std::string_view rel) {
   constexpr std::string_view kMeta = ".intermezzo";
   if (rel == kMeta || rel.substr(0, kMeta.size() + 1) == ".intermezzo/") return true;
   // The daemon's temporary files: ".<name>.intersync-<id>.tmp".
-  std::string_view name = rel.substr(rel.rfind('/') == std::string_view::npos ? 0 : rel.rfind('/') + 1);
-  return name.size() > 4 && name.front() == '.' && name.find(".intersync-") != std::string_view::npos &&
+  std::string_view name =
+      rel.substr(rel.rfind('/') == std::string_view::npos ? 0 : rel.rfind('/') + 1);
+  return name.size() > 4 && name.front() == '.' &&
+         name.find(".intersync-") != std::string_view::npos &&
          name.substr(name.size() - 4) == ".tmp";
 }
 

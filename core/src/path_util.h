@@ -29,8 +29,8 @@ Result<std::string> normalize_rel_path(std::string_view path, bool allow_leading
 // everything under it, and the daemon's temporary files.
 bool is_internal_path(std::string_view rel_path);
 
-std::string parent_of(std::string_view rel_path);  // "a/b" -> "a", "a" -> ""
-std::string base_name(std::string_view rel_path);  // "a/b" -> "b"
+std::string parent_of(std::string_view rel_path);                   // "a/b" -> "a", "a" -> ""
+std::string base_name(std::string_view rel_path);                   // "a/b" -> "b"
 std::string join_rel(std::string_view dir, std::string_view name);  // "" + "x" -> "x"
 // True if `path` equals `dir` or lies beneath it ("" is above everything).
 bool is_same_or_under(std::string_view path, std::string_view dir);

@@ -22,8 +22,10 @@ struct PluginRegistry::Library {
 
 const char* plugin_kind_name(uint32_t kind) {
   switch (kind) {
-    case INTERSYNC_PLUGIN_BACKEND: return "backend";
-    case INTERSYNC_PLUGIN_TRANSPORT: return "transport";
+    case INTERSYNC_PLUGIN_BACKEND:
+      return "backend";
+    case INTERSYNC_PLUGIN_TRANSPORT:
+      return "transport";
   }
   return "unknown";
 }
@@ -94,8 +96,8 @@ Result<const LoadedPlugin*> PluginRegistry::load_file(const std::string& path,
     return make_error(-ENOEXEC, "plugin " + path + ": refused: descriptor has no name or factory");
   }
   if (d->kind != INTERSYNC_PLUGIN_BACKEND && d->kind != INTERSYNC_PLUGIN_TRANSPORT) {
-    return make_error(-ENOEXEC, "plugin " + path + ": refused: unknown kind " +
-                                    std::to_string(d->kind));
+    return make_error(-ENOEXEC,
+                      "plugin " + path + ": refused: unknown kind " + std::to_string(d->kind));
   }
   if (expected_kind != 0 && d->kind != expected_kind) {
     return make_error(-ENOEXEC, "plugin " + path + ": refused: it is a " +

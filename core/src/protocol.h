@@ -11,8 +11,8 @@ namespace intersync::protocol {
 
 inline constexpr std::string_view kUrlPrefix = "/cgi-bin/intersync/";
 
-inline constexpr const char* kHeaderHead = "X-Intersync-Head";    // server's last recno
-inline constexpr const char* kHeaderUuid = "X-Intersync-Uuid";    // fileset uuid
+inline constexpr const char* kHeaderHead = "X-Intersync-Head";        // server's last recno
+inline constexpr const char* kHeaderUuid = "X-Intersync-Uuid";        // fileset uuid
 inline constexpr const char* kHeaderContent = "X-Intersync-Content";  // content id (hex)
 
 inline constexpr const char* kKmlMediaType = "application/x-intermezzo-kml";

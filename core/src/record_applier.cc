@@ -28,7 +28,6 @@ std::string random_hex() {
 // tmp/, so that a crash leaves nothing half-written in the tree and start-up
 // clears what is left with one directory listing.
 
-
 // Only when the target is on another file system than the staging directory
 // (a mount point inside the fileset) is the temporary file made beside the
 // target, with a name that is never replicated.
@@ -38,7 +37,9 @@ std::string sibling_temp_name(const std::string& name) {
 
 }  // namespace
 
-std::string staging_name() { return "w-" + random_hex(); }
+std::string staging_name() {
+  return "w-" + random_hex();
+}
 
 bool record_paths_ok(KmlRecord& r, std::string* why) {
   auto check = [&](std::string& p, bool may_be_root) {
@@ -82,8 +83,6 @@ bool record_paths_ok(KmlRecord& r, std::string* why) {
   }
 }
 
-
-
 class RecordApplier::Impl {
  public:
   Impl(const SafeRoot& root, FileIndex& index, std::string staging_dir, std::string fset)
@@ -105,8 +104,7 @@ class RecordApplier::Impl {
   }
 
   // Records the state of `name` in `dirfd` as the index entry for `path`.
-  void index_from_disk(int dirfd, const std::string& name, const std::string& path,
-                       FileState fs) {
+  void index_from_disk(int dirfd, const std::string& name, const std::string& path, FileState fs) {
     struct stat st;
     if (fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return;
     fs.mode = st.st_mode & 07777;
@@ -122,13 +120,12 @@ class RecordApplier::Impl {
   bool apply(std::vector<KmlRecord>& recs, size_t i, ContentSources& src, std::string* err) {
     src_ = &src;
     KmlRecord& r = recs[i];
-    if (protect && touches_protected(r)) return skip(r, "a local change to it is not reintegrated yet");
+    if (protect && touches_protected(r))
+      return skip(r, "a local change to it is not reintegrated yet");
     if (protect && stale(r)) return true;  // this entry is newer here already
     std::string name;
-    auto parent = root_.open_parent(r.opcode == KmlOp::Rename || r.opcode == KmlOp::Link
-                                        ? r.target
-                                        : r.path,
-                                    &name);
+    auto parent = root_.open_parent(
+        r.opcode == KmlOp::Rename || r.opcode == KmlOp::Link ? r.target : r.path, &name);
     switch (r.opcode) {
       case KmlOp::Mkdir: {
         if (!parent) return skip(r, parent.error().message);
@@ -278,8 +275,8 @@ class RecordApplier::Impl {
 
   // Writes `bytes` to a temporary name beside the target and renames it into
   // place, with the record's mode and mtime.
-  bool install_bytes(const KmlRecord& r, int dirfd, const std::string& name,
-                     std::string_view bytes, std::string* err) {
+  bool install_bytes(const KmlRecord& r, int dirfd, const std::string& name, std::string_view bytes,
+                     std::string* err) {
     std::string tmp = staging_name();
     int fd = openat(staging_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) return fail(err, staging_dir_ + "/" + tmp, errno);
@@ -329,7 +326,8 @@ class RecordApplier::Impl {
         static_cast<uint64_t>(st.st_size) == idx->size && mtime_ns(st) == idx->mtime_ns &&
         st.st_ino == idx->ino) {
       // Already here (a replay after a crash, or the same bytes twice).
-      if ((st.st_mode & 07777) != (r.mode & 07777)) fchmodat(dirfd, name.c_str(), r.mode & 07777, 0);
+      if ((st.st_mode & 07777) != (r.mode & 07777))
+        fchmodat(dirfd, name.c_str(), r.mode & 07777, 0);
       if (mtime_ns(st) != want_mtime) {
         struct timespec ts[2] = {{0, UTIME_OMIT},
                                  {time_t(r.v_obj_new.mtime_sec), long(r.v_obj_new.mtime_nsec)}};
@@ -339,9 +337,9 @@ class RecordApplier::Impl {
       index_from_disk(dirfd, name, r.path, fs);
       return true;
     }
-    if (idx && exists && !(S_ISREG(st.st_mode) &&
-                           static_cast<uint64_t>(st.st_size) == idx->size &&
-                           mtime_ns(st) == idx->mtime_ns && st.st_ino == idx->ino) &&
+    if (idx && exists &&
+        !(S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == idx->size &&
+          mtime_ns(st) == idx->mtime_ns && st.st_ino == idx->ino) &&
         protect) {
       // Changed here and not journaled yet: the local change is kept and
       // the server will see both when it is reintegrated.
@@ -407,8 +405,7 @@ class RecordApplier::Impl {
     }
     // The server no longer has these bytes: a later record replaces them.
     ++skipped;
-    log_debug("fileset '{}': record {}: content of {} no longer available", fset_, r.recno,
-              r.path);
+    log_debug("fileset '{}': record {}: content of {} no longer available", fset_, r.recno, r.path);
     return true;
   }
 
@@ -422,8 +419,8 @@ class RecordApplier::Impl {
     if (in < 0) return errno;
     struct stat st;
     fstat(in, &st);
-    int out = openat(dirfd, sibling.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-                     st.st_mode & 07777);
+    int out =
+        openat(dirfd, sibling.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 07777);
     int rc = out < 0 ? errno : 0;
     for (off_t left = st.st_size; rc == 0 && left > 0;) {
       ssize_t n = copy_file_range(in, nullptr, out, nullptr, static_cast<size_t>(left), 0);
@@ -459,8 +456,7 @@ class RecordApplier::Impl {
   // version here (a write-back client's own change, acknowledged, is newer
   // than an older server record still on its way).
   bool stale(const KmlRecord& r) const {
-    const std::string& key =
-        r.opcode == KmlOp::Rename || r.opcode == KmlOp::Link ? r.src : r.path;
+    const std::string& key = r.opcode == KmlOp::Rename || r.opcode == KmlOp::Link ? r.src : r.path;
     const FileState* idx = index_.find(key);
     return idx && idx->version > r.recno;
   }
@@ -490,15 +486,21 @@ RecordApplier::RecordApplier(const SafeRoot& root, FileIndex& index, std::string
                              std::string fset)
     : impl_(std::make_unique<Impl>(root, index, std::move(staging_dir), std::move(fset))) {}
 RecordApplier::~RecordApplier() = default;
-Status RecordApplier::open() { return impl_->open(); }
+Status RecordApplier::open() {
+  return impl_->open();
+}
 bool RecordApplier::apply(std::vector<KmlRecord>& recs, size_t i, ContentSources& sources,
                           std::string* err) {
   return impl_->apply(recs, i, sources, err);
 }
-size_t RecordApplier::skipped() const { return impl_->skipped; }
+size_t RecordApplier::skipped() const {
+  return impl_->skipped;
+}
 void RecordApplier::protect(std::function<bool(const std::string&)> predicate) {
   impl_->protect = std::move(predicate);
 }
-const std::string& RecordApplier::staging_dir() const { return impl_->staging_dir(); }
+const std::string& RecordApplier::staging_dir() const {
+  return impl_->staging_dir();
+}
 
 }  // namespace intersync

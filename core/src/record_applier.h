@@ -37,8 +37,7 @@ std::string staging_name();
 
 class RecordApplier {
  public:
-  RecordApplier(const SafeRoot& root, FileIndex& index, std::string staging_dir,
-                std::string fset);
+  RecordApplier(const SafeRoot& root, FileIndex& index, std::string staging_dir, std::string fset);
   ~RecordApplier();
 
   Status open();

@@ -27,9 +27,8 @@ KmlVersion version_of(const FileState& fs) {
 std::string safe_host(const std::string& host) {
   std::string out;
   for (char c : host.substr(0, 64)) {
-    out.push_back((isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')
-                      ? c
-                      : '_');
+    out.push_back(
+        (isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-') ? c : '_');
   }
   return out.empty() ? "unknown" : out;
 }
@@ -44,7 +43,12 @@ std::string primary_path(const KmlRecord& r) {
 
 Reintegrator::Reintegrator(const FilesetConfig& config, const SafeRoot& root, FileIndex& index,
                            Journal& journal, ChangeTracker& tracker, const FilesetDir& dir)
-    : config_(config), root_(root), index_(index), journal_(journal), tracker_(tracker), dir_(dir) {}
+    : config_(config),
+      root_(root),
+      index_(index),
+      journal_(journal),
+      tracker_(tracker),
+      dir_(dir) {}
 
 void Reintegrator::load_conflicts() {
   conflicts_.clear();
@@ -64,8 +68,12 @@ void Reintegrator::note_conflict(ConflictEntry c) {
   conflicts_.push_back(std::move(c));
   nlohmann::json j = nlohmann::json::array();
   for (const auto& e : conflicts_) {
-    j.push_back({{"path", e.path}, {"copy", e.copy}, {"kind", e.kind}, {"client", e.client},
-                 {"winner", e.winner}, {"time", e.time}});
+    j.push_back({{"path", e.path},
+                 {"copy", e.copy},
+                 {"kind", e.kind},
+                 {"client", e.client},
+                 {"winner", e.winner},
+                 {"time", e.time}});
   }
   index_.set_meta("conflicts", j.dump());
 }
@@ -96,8 +104,8 @@ bool Reintegrator::successor(const std::string& path, const std::string& client,
   return it != produced_.end() && it->second.first == client && it->second.second == base;
 }
 
-bool Reintegrator::base_ok(const FileState* cur, const std::string& path,
-                           const std::string& client, uint32_t base) const {
+bool Reintegrator::base_ok(const FileState* cur, const std::string& path, const std::string& client,
+                           uint32_t base) const {
   return cur->version == base || successor(path, client, base);
 }
 
@@ -196,8 +204,8 @@ uint32_t Reintegrator::journal_tree(const std::string& path) {
   return last;
 }
 
-nlohmann::json Reintegrator::reintegrate(std::vector<KmlRecord> records,
-                                         const std::string& client, const std::string& host) {
+nlohmann::json Reintegrator::reintegrate(std::vector<KmlRecord> records, const std::string& client,
+                                         const std::string& host) {
   nlohmann::json results = nlohmann::json::array();
   for (size_t i = 0; i < records.size(); ++i) {
     uint32_t local = records[i].recno;
@@ -210,8 +218,9 @@ nlohmann::json Reintegrator::reintegrate(std::vector<KmlRecord> records,
     } else {
       o = apply_one(records, i, client, host);
     }
-    nlohmann::json result{{"recno", local}, {"result", o.result}, {"server_recno", o.server_recno},
-                          {"detail", o.detail}, {"copy", o.copy}, {"path", primary_path(records[i])}};
+    nlohmann::json result{
+        {"recno", local},     {"result", o.result}, {"server_recno", o.server_recno},
+        {"detail", o.detail}, {"copy", o.copy},     {"path", primary_path(records[i])}};
     if (records[i].opcode == KmlOp::Rename) result["target"] = records[i].target;
     results.push_back(std::move(result));
   }
@@ -220,13 +229,13 @@ nlohmann::json Reintegrator::reintegrate(std::vector<KmlRecord> records,
     log_error("fileset '{}': {}", config_.name, s.error().message);
     return {{"error", s.error().message}};
   }
-  if (Status s = index_.commit(); !s) log_error("fileset '{}': {}", config_.name, s.error().message);
+  if (Status s = index_.commit(); !s)
+    log_error("fileset '{}': {}", config_.name, s.error().message);
   return {{"results", results}};
 }
 
 Reintegrator::Outcome Reintegrator::apply_one(std::vector<KmlRecord>& recs, size_t i,
-                                              const std::string& client,
-                                              const std::string& host) {
+                                              const std::string& client, const std::string& host) {
   KmlRecord& r = recs[i];
   // Whatever the server's own users did to these paths is journaled first,
   // so that it takes part in the comparison below.
@@ -244,8 +253,10 @@ Reintegrator::Outcome Reintegrator::apply_one(std::vector<KmlRecord>& recs, size
     case KmlOp::Close:
     case KmlOp::Noop:
       return {};
-    case KmlOp::Content: return content(r, client, host);
-    case KmlOp::Symlink: return symlink(r, client, host);
+    case KmlOp::Content:
+      return content(r, client, host);
+    case KmlOp::Symlink:
+      return symlink(r, client, host);
     case KmlOp::Mkdir: {
       const FileState* cur = index_.find(r.path);
       if (cur && cur->type == FileType::Dir) return {"accepted", cur->version, "", ""};
@@ -255,10 +266,14 @@ Reintegrator::Outcome Reintegrator::apply_one(std::vector<KmlRecord>& recs, size
       }
       return simple(r);
     }
-    case KmlOp::Unlink: return unlink(r, client);
-    case KmlOp::Rmdir: return rmdir(r, client);
-    case KmlOp::Rename: return rename(r, client);
-    case KmlOp::Setattr: return setattr(r, client);
+    case KmlOp::Unlink:
+      return unlink(r, client);
+    case KmlOp::Rmdir:
+      return rmdir(r, client);
+    case KmlOp::Rename:
+      return rename(r, client);
+    case KmlOp::Setattr:
+      return setattr(r, client);
     default:
       return {"refused", 0, std::string("opcode ") + kml_op_name(r.opcode) + " is not reintegrated",
               ""};
@@ -302,11 +317,15 @@ Reintegrator::Outcome Reintegrator::content(KmlRecord& r, const std::string& cli
   bool client_wins = false;
   switch (config_.conflict) {
     case ConflictPolicy::ServerWins:
-    case ConflictPolicy::KeepBoth: client_wins = false; break;
-    case ConflictPolicy::ClientWins: client_wins = true; break;
+    case ConflictPolicy::KeepBoth:
+      client_wins = false;
+      break;
+    case ConflictPolicy::ClientWins:
+      client_wins = true;
+      break;
     case ConflictPolicy::NewestWins:
-      client_wins = int64_t(r.v_obj_new.mtime_sec) * 1000000000 + r.v_obj_new.mtime_nsec >
-                    cur->mtime_ns;
+      client_wins =
+          int64_t(r.v_obj_new.mtime_sec) * 1000000000 + r.v_obj_new.mtime_nsec > cur->mtime_ns;
       break;
   }
   std::string copy = conflict_copy_name(r.path, host);
@@ -376,8 +395,7 @@ Reintegrator::Outcome Reintegrator::rmdir(KmlRecord& r, const std::string& clien
     // Entries were created in it meanwhile: the directory stays, with all
     // of it journaled again so the deleting client gets it back.
     note_conflict({r.path, "", "delete/create-inside", client, "server", uint64_t(time(nullptr))});
-    return {"conflict", journal_tree(r.path), "kept: it holds entries the client did not know",
-            ""};
+    return {"conflict", journal_tree(r.path), "kept: it holds entries the client did not know", ""};
   }
   std::string why;
   if (!apply_record(r, &why)) return {"superseded", 0, why, ""};
@@ -419,8 +437,7 @@ Reintegrator::Outcome Reintegrator::rename(KmlRecord& r, const std::string& clie
 Reintegrator::Outcome Reintegrator::setattr(KmlRecord& r, const std::string& client) {
   const FileState* cur = index_.find(r.path);
   if (!cur) return {"superseded", 0, "not on the server", ""};
-  if (!base_ok(cur, r.path, client, r.prevrec) &&
-      config_.conflict == ConflictPolicy::ServerWins) {
+  if (!base_ok(cur, r.path, client, r.prevrec) && config_.conflict == ConflictPolicy::ServerWins) {
     note_conflict({r.path, "", "attributes", client, "server", uint64_t(time(nullptr))});
     return {"conflict", journal_state(r.path, false), "server attributes kept", ""};
   }

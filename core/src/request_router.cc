@@ -22,7 +22,9 @@ HttpResponseHead error_head(int status, const std::string& reason) {
 
 }  // namespace
 
-void RequestRouter::add(FilesetServer* fileset) { filesets_[fileset->config().name] = fileset; }
+void RequestRouter::add(FilesetServer* fileset) {
+  filesets_[fileset->config().name] = fileset;
+}
 
 void RequestRouter::remove(FilesetServer* fileset) {
   filesets_.erase(fileset->config().name);
@@ -41,7 +43,8 @@ std::optional<RequestRouter::Route> RequestRouter::route(const std::string& targ
   if (it == filesets_.end()) return std::nullopt;
   Route r;
   r.fileset = it->second;
-  r.endpoint = slash == std::string_view::npos ? std::string() : std::string(path.substr(slash + 1));
+  r.endpoint =
+      slash == std::string_view::npos ? std::string() : std::string(path.substr(slash + 1));
   r.target = std::move(*parsed);
   return r;
 }
@@ -71,9 +74,8 @@ std::optional<HttpResponseHead> RequestRouter::check_head(const HttpRequestHead&
   if (!r) return error_head(404, "no such fileset");
   auto client = authenticate(*r->fileset, head);
   if (!client) {
-    log_warn("fileset '{}': refused a request from {}: {} bearer token",
-             r->fileset->config().name, peer,
-             head.headers.get("Authorization") ? "unknown" : "no");
+    log_warn("fileset '{}': refused a request from {}: {} bearer token", r->fileset->config().name,
+             peer, head.headers.get("Authorization") ? "unknown" : "no");
     return error_head(401, "a valid bearer token is required");
   }
   return std::nullopt;

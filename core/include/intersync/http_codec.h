@@ -25,7 +25,7 @@ namespace intersync {
 class HttpHeaders {
  public:
   void add(std::string name, std::string value);
-  void set(std::string_view name, std::string value);  // replaces all of `name`
+  void set(std::string_view name, std::string value);                // replaces all of `name`
   std::optional<std::string_view> get(std::string_view name) const;  // first match
   const std::vector<std::pair<std::string, std::string>>& all() const { return fields_; }
   bool empty() const { return fields_.empty(); }
@@ -35,8 +35,8 @@ class HttpHeaders {
 };
 
 struct HttpRequestHead {
-  std::string method;  // "GET", "POST", ...
-  std::string target;  // request-target as sent ("/cgi-bin/intersync/docs/info?x=1")
+  std::string method;     // "GET", "POST", ...
+  std::string target;     // request-target as sent ("/cgi-bin/intersync/docs/info?x=1")
   int version_minor = 1;  // HTTP/1.<minor>
   HttpHeaders headers;
   bool keep_alive = true;  // from version and Connection header
@@ -61,7 +61,7 @@ std::string http_serialize(const HttpRequestHead& head);
 std::string http_serialize(const HttpResponseHead& head);
 
 struct HttpLimits {
-  size_t max_target = 8 * 1024;        // 414 beyond
+  size_t max_target = 8 * 1024;         // 414 beyond
   size_t max_header_bytes = 32 * 1024;  // all header names+values; 431 beyond
   size_t max_headers = 100;             // 431 beyond
   uint64_t max_body = 64ull << 20;      // 413 beyond (requests); responses: unlimited

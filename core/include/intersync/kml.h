@@ -91,8 +91,9 @@ struct KmlRecord {
   KmlVersion v_tgtdir_old, v_tgtdir_new;
   KmlRollback rollback;  // UNLINK, RMDIR, SETATTR
 
-  uint32_t mode = 0, uid = 0, gid = 0;  // CREATE, MKDIR, SYMLINK(uid,gid), MKNOD, SETATTR, SETEXTATTR(mode)
-  uint32_t major = 0, minor = 0;        // MKNOD
+  uint32_t mode = 0, uid = 0,
+           gid = 0;  // CREATE, MKDIR, SYMLINK(uid,gid), MKNOD, SETATTR, SETEXTATTR(mode)
+  uint32_t major = 0, minor = 0;  // MKNOD
   // CLOSE
   uint32_t open_mode = 0, open_uid = 0, open_gid = 0;
   uint64_t ino = 0;
@@ -180,7 +181,7 @@ class KmlWriter {
   Status sync();
 
   uint32_t last_recno() const { return last_recno_; }
-  uint64_t end_offset() const { return end_offset_; }  // logical
+  uint64_t end_offset() const { return end_offset_; }        // logical
   const std::string& repaired() const { return repaired_; }  // "" or what was cut off
   int fd() const { return fd_; }
 

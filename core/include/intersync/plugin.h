@@ -81,12 +81,12 @@ typedef const intersync_plugin_descriptor_t* (*intersync_plugin_entry_fn)(void);
 #ifdef __cplusplus
 }
 
-#define INTERSYNC_PLUGIN(NAME, KIND, CLASS)                                               \
+#define INTERSYNC_PLUGIN(NAME, KIND, CLASS)                                              \
   extern "C" __attribute__((visibility("default"))) const intersync_plugin_descriptor_t* \
-  intersync_plugin_descriptor(void) {                                                     \
-    static const intersync_plugin_descriptor_t descriptor = {                             \
-        INTERSYNC_PLUGIN_ABI_VERSION, INTERSYNC_BUILD_SIGNATURE, NAME, KIND,              \
-        []() -> void* { return new (std::nothrow) CLASS(); }};                            \
-    return &descriptor;                                                                   \
+  intersync_plugin_descriptor(void) {                                                    \
+    static const intersync_plugin_descriptor_t descriptor = {                            \
+        INTERSYNC_PLUGIN_ABI_VERSION, INTERSYNC_BUILD_SIGNATURE, NAME, KIND,             \
+        []() -> void* { return new (std::nothrow) CLASS(); }};                           \
+    return &descriptor;                                                                  \
   }
 #endif
