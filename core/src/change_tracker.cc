@@ -34,16 +34,6 @@ KmlVersion version_of(const struct stat& st) {
   return v;
 }
 
-KmlVersion version_of(const FileState& fs) {
-  KmlVersion v;
-  v.mtime_sec = static_cast<uint32_t>(fs.mtime_ns / 1000000000);
-  v.mtime_nsec = static_cast<uint32_t>(fs.mtime_ns % 1000000000);
-  v.ctime_sec = static_cast<uint32_t>(fs.ctime_ns / 1000000000);
-  v.ctime_nsec = static_cast<uint32_t>(fs.ctime_ns % 1000000000);
-  v.size = fs.size;
-  return v;
-}
-
 bool supported(const struct stat& st) {
   return S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) || S_ISLNK(st.st_mode);
 }

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "chunker.h"
+#include "intersync/kml.h"
 #include "intersync/result.h"
 
 namespace intersync {
@@ -41,6 +42,17 @@ struct FileState {
   std::string target;    // symlink target
   uint32_t version = 0;  // record number that last changed it
 };
+
+// The KML "V" (times and size) of an indexed entry.
+inline KmlVersion version_of(const FileState& fs) {
+  KmlVersion v;
+  v.mtime_sec = static_cast<uint32_t>(fs.mtime_ns / 1000000000);
+  v.mtime_nsec = static_cast<uint32_t>(fs.mtime_ns % 1000000000);
+  v.ctime_sec = static_cast<uint32_t>(fs.ctime_ns / 1000000000);
+  v.ctime_nsec = static_cast<uint32_t>(fs.ctime_ns % 1000000000);
+  v.size = fs.size;
+  return v;
+}
 
 struct HashKey {
   size_t operator()(const Hash& h) const {

@@ -177,12 +177,7 @@ Status FilesetClient::start(std::unique_ptr<Transport> transport,
     tracker_->rescan("", "start-up: looking for changes made while stopped");
   }
   transport_ = std::move(transport);
-  ClientTarget target;
-  target.host = config_.server_host;
-  target.port = config_.server_port;
-  target.user = config_.server_user;
-  target.fileset = config_.name;
-  session_ = transport_->connect(loop_, target);
+  session_ = open_session();
   log_info("fileset '{}': replicating {} from {}:{}", config_.name, config_.path,
            config_.server_host, config_.server_port);
   connect();
@@ -213,6 +208,15 @@ void FilesetClient::on_rescan(const std::string& rel_dir, const std::string& rea
 
 bool FilesetClient::ignored(std::string_view rel_path, bool is_dir) const {
   return is_internal_path(rel_path) || ignore_.ignored(rel_path, is_dir);
+}
+
+std::unique_ptr<ClientSession> FilesetClient::open_session() {
+  ClientTarget target;
+  target.host = config_.server_host;
+  target.port = config_.server_port;
+  target.user = config_.server_user;
+  target.fileset = config_.name;
+  return transport_->connect(loop_, target);
 }
 
 HttpRequestHead FilesetClient::request_head(const std::string& method,
@@ -325,12 +329,7 @@ void FilesetClient::lost(const std::string& why) {
   last_error_ = why;
   // Drop every connection: calls still in flight belong to the old session.
   session_->close();
-  ClientTarget target;
-  target.host = config_.server_host;
-  target.port = config_.server_port;
-  target.user = config_.server_user;
-  target.fileset = config_.name;
-  session_ = transport_->connect(loop_, target);
+  session_ = open_session();
   backoff_ms_ = backoff_ms_ == 0 ? 500 : std::min(backoff_ms_ * 2, kMaxBackoffMs);
   log_info("fileset '{}': retrying in {} ms ({})", config_.name, backoff_ms_, why);
   retry_timer_.start(backoff_ms_, [this] { connect(); });

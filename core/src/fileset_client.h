@@ -58,6 +58,7 @@ class FilesetClient : public BackendHost {
   enum class State { Connecting, Connected, Disconnected, Stopped };
 
   HttpRequestHead request_head(const std::string& method, const std::string& endpoint) const;
+  std::unique_ptr<ClientSession> open_session();
   void connect();
   void poll();
   void on_records(std::string bytes, uint32_t head);

@@ -14,16 +14,6 @@
 namespace intersync {
 namespace {
 
-KmlVersion version_of(const FileState& fs) {
-  KmlVersion v;
-  v.mtime_sec = static_cast<uint32_t>(fs.mtime_ns / 1000000000);
-  v.mtime_nsec = static_cast<uint32_t>(fs.mtime_ns % 1000000000);
-  v.ctime_sec = static_cast<uint32_t>(fs.ctime_ns / 1000000000);
-  v.ctime_nsec = static_cast<uint32_t>(fs.ctime_ns % 1000000000);
-  v.size = fs.size;
-  return v;
-}
-
 std::string safe_host(const std::string& host) {
   std::string out;
   for (char c : host.substr(0, 64)) {
