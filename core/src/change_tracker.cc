@@ -204,8 +204,23 @@ uint32_t ChangeTracker::version_after(const KmlRecord& rec, uint32_t before) con
   return options_.client ? before : rec.recno;
 }
 
+void ChangeTracker::when_durable(std::function<void()> done) {
+  durable_waiters_.push_back(std::move(done));
+  notify_durable();
+}
+
+void ChangeTracker::notify_durable() {
+  if (durable_waiters_.empty() || !idle() || dirty_) return;
+  auto waiters = std::move(durable_waiters_);
+  durable_waiters_.clear();
+  for (auto& done : waiters) done();
+}
+
 void ChangeTracker::schedule() {
-  if (paused_ || hashing_ || queue_.empty() || slice_timer_.active()) return;
+  if (paused_ || hashing_ || queue_.empty() || slice_timer_.active()) {
+    notify_durable();
+    return;
+  }
   slice_timer_.start(0, [this] { run_slice(); });
 }
 
@@ -242,6 +257,7 @@ void ChangeTracker::commit() {
     log_error("fileset '{}': {}", options_.name, last_error_);
   }
   if (committed_) committed_();
+  notify_durable();
 }
 
 bool ChangeTracker::append(KmlRecord& rec) {

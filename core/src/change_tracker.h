@@ -50,6 +50,8 @@ class ChangeTracker {
 
   // Called after records were made durable and indexed.
   void on_committed(std::function<void()> callback) { committed_ = std::move(callback); }
+  // Calls `done` once everything added so far is journaled and durable.
+  void when_durable(std::function<void()> done);
 
   void add_events(std::vector<ChangeEvent>&& events);
   void rescan(const std::string& rel_dir, const std::string& reason);
@@ -79,6 +81,7 @@ class ChangeTracker {
   void schedule();
   void run_slice();
   void commit();
+  void notify_durable();
   void process(const Item& item);
   void reconcile(const std::string& path);
   void rename(const std::string& from, const std::string& to);
@@ -99,6 +102,7 @@ class ChangeTracker {
   Journal& journal_;
   std::function<bool(std::string_view, bool)> ignored_;
   std::function<void()> committed_;
+  std::vector<std::function<void()>> durable_waiters_;
 
   std::deque<Item> queue_;
   std::set<std::string> queued_;              // paths with a Reconcile item in queue_

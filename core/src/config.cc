@@ -33,7 +33,8 @@ constexpr size_t kMaxNameLength = 64;
 constexpr std::string_view kCommonKeys[] = {"name",      "path", "role",    "backend",
                                             "transport", "auth", "conflict"};
 constexpr std::string_view kServerKeys[] = {"listen", "clients"};
-constexpr std::string_view kClientKeys[] = {"server", "token_file", "write_back"};
+constexpr std::string_view kClientKeys[] = {"server", "token_file", "write_back",
+                                            "data_on_demand"};
 
 template <size_t N>
 bool contains(const std::string_view (&keys)[N], std::string_view key) {
@@ -273,6 +274,9 @@ Status parse_client(const ConfigNode& fs, FilesetConfig& out) {
   auto wb = fs.get_bool("write_back", false);
   if (!wb) return wb.error();
   out.write_back = *wb;
+  auto on_demand = fs.get_bool("data_on_demand", false);
+  if (!on_demand) return on_demand.error();
+  out.data_on_demand = *on_demand;
   return Status::Ok();
 }
 
@@ -432,6 +436,7 @@ Result<Config> parse_config(const YAML::Node& root, const std::string& file) {
   for (size_t i = 0; i < filesets.yaml().size(); ++i) {
     auto fs = parse_fileset(filesets.yaml()[i], i, cfg);
     if (!fs) return fs.error();
+    fs->control_socket = cfg.control_socket;
     cfg.filesets.push_back(std::move(*fs));
   }
   return cfg;

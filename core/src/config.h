@@ -43,12 +43,16 @@ struct FilesetConfig {
   std::string token_file;
   std::string token;  // read from token_file at load time, trailing whitespace cut
   bool write_back = false;
+  // Content is fetched when a file is first opened (izofs only): metadata
+  // arrives eagerly, a file stays a placeholder until then.
+  bool data_on_demand = false;
   ConflictPolicy conflict = ConflictPolicy::ServerWins;
   // Plugin subtrees: the values of keys named like the backend and the
   // transport (may be undefined).
   ConfigNode backend_node;
   ConfigNode transport_node;
   ConfigNode node;  // the whole entry, for error positions
+  std::string control_socket;  // the daemon's (Config::control_socket), told to izofs
 };
 
 struct Config {

@@ -144,6 +144,11 @@ Status FilesetClient::start(std::unique_ptr<Transport> transport,
   auto dir = prepare_fileset_dir(config_.path, config_.name);
   if (!dir) return dir.error();
   dir_ = *dir;
+  if (Status s = register_replicator(dir_, config_.path, config_.control_socket); !s) return s;
+  if (config_.data_on_demand && !dir_.izofs) {
+    return make_error(-EINVAL, "fileset '" + config_.name + "': data_on_demand needs " +
+                                   config_.path + " to be an izofs mount");
+  }
   if (Status s = root_->open(config_.path); !s) return s;
   if (Status s = index_->open(state_dir_ + "/" + config_.name + ".db"); !s) return s;
   entries_ = index_->size();
@@ -174,7 +179,8 @@ Status FilesetClient::start(std::unique_ptr<Transport> transport,
     if (Status s = backend_->start(loop_, config_.path, this); !s) return s;
     // Changes made while the daemon was down are found by comparing the
     // tree with the index, then reintegrated.
-    tracker_->rescan("", "start-up: looking for changes made while stopped");
+    if (!backend_->replays_changes())
+      tracker_->rescan("", "start-up: looking for changes made while stopped");
   }
   transport_ = std::move(transport);
   session_ = open_session();
@@ -204,6 +210,10 @@ void FilesetClient::on_changes(std::vector<ChangeEvent>&& events) {
 
 void FilesetClient::on_rescan(const std::string& rel_dir, const std::string& reason) {
   if (tracker_) tracker_->rescan(rel_dir, reason);
+}
+
+void FilesetClient::when_durable(std::function<void()> done) {
+  if (tracker_) tracker_->when_durable(std::move(done));
 }
 
 bool FilesetClient::ignored(std::string_view rel_path, bool is_dir) const {

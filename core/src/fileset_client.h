@@ -50,6 +50,7 @@ class FilesetClient : public BackendHost {
   // BackendHost (write-back)
   void on_changes(std::vector<ChangeEvent>&& events) override;
   void on_rescan(const std::string& rel_dir, const std::string& reason) override;
+  void when_durable(std::function<void()> done) override;
   bool ignored(std::string_view rel_path, bool is_dir) const override;
 
   struct Batch;  // records with their content, applied as one unit

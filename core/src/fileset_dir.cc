@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 #include <uuid/uuid.h>
 
@@ -24,13 +25,27 @@ Status ensure_file(const std::string& path) {
   return {};
 }
 
+// The fileset an izofs mount at `root` journals, or "" when `root` is not
+// an izofs mount (izofs answers this virtual attribute on its root).
+std::string izofs_fileset(const std::string& root) {
+  char buf[256];
+  ssize_t n = ::getxattr(root.c_str(), "user.izofs.fileset", buf, sizeof buf);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+}
+
 }  // namespace
 
 Result<FilesetDir> prepare_fileset_dir(const std::string& root, const std::string& fset) {
   FilesetDir d;
   std::string top = root + "/.intermezzo";
   d.dir = top + "/" + fset;
-  d.kml = d.dir + "/kml";
+  std::string mounted = izofs_fileset(root);
+  if (!mounted.empty() && mounted != fset) {
+    return make_error(-EINVAL, "fileset '" + fset + "': " + root +
+                                   " is an izofs mount of fileset '" + mounted + "'");
+  }
+  d.izofs = !mounted.empty();
+  d.kml = d.dir + (d.izofs ? "/sync.kml" : "/kml");
   d.last_rcvd = d.dir + "/last_rcvd";
   d.tmp = d.dir + "/tmp";
   for (const auto& p : {top, d.dir, d.tmp}) {
@@ -67,6 +82,16 @@ Result<FilesetDir> prepare_fileset_dir(const std::string& root, const std::strin
     return errno_error("cannot write " + uuid_file + ": " + strerror(errno));
   }
   return d;
+}
+
+Status register_replicator(const FilesetDir& dir, const std::string& root,
+                           const std::string& control_socket) {
+  if (!dir.izofs) return {};
+  if (::setxattr(root.c_str(), "user.izofs.replicator", control_socket.data(),
+                 control_socket.size(), 0) != 0) {
+    return errno_error("cannot register with izofs at " + root + ": " + strerror(errno));
+  }
+  return {};
 }
 
 }  // namespace intersync

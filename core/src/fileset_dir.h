@@ -3,6 +3,10 @@
 // the fileset root), plus `uuid` (this fileset's identity: the server's
 // record numbers are only meaningful together with it) and `tmp/` (partial
 // downloads, resumable). It is never journaled and never replicated.
+//
+// On an izofs mount the file system itself writes `kml`, as the original
+// kernel module did, and a backend follows it; the daemon then keeps its
+// replication journal (the record numbers it serves) in `sync.kml`.
 #pragma once
 
 #include <string>
@@ -13,7 +17,8 @@ namespace intersync {
 
 struct FilesetDir {
   std::string dir;        // <root>/.intermezzo/<fset>
-  std::string kml;        // dir/kml
+  std::string kml;        // dir/kml, or dir/sync.kml on izofs
+  bool izofs = false;     // the root is an izofs mount of this fileset
   std::string last_rcvd;  // dir/last_rcvd
   std::string tmp;        // dir/tmp
   std::string uuid;       // text form
@@ -21,5 +26,11 @@ struct FilesetDir {
 
 // Creates what is missing (idempotent) and reads or makes the uuid.
 Result<FilesetDir> prepare_fileset_dir(const std::string& root, const std::string& fset);
+
+// Tells the izofs under `dir` that this process is the fileset's replicator:
+// its own writes are not journaled and never wait for data on demand, and
+// izofs asks for absent content on `control_socket`. No-op off izofs.
+Status register_replicator(const FilesetDir& dir, const std::string& root,
+                           const std::string& control_socket);
 
 }  // namespace intersync

@@ -79,6 +79,7 @@ Status FilesetServer::start(std::unique_ptr<Backend> backend) {
   auto dir = prepare_fileset_dir(config_.path, config_.name);
   if (!dir) return dir.error();
   dir_ = *dir;
+  if (Status s = register_replicator(dir_, config_.path, config_.control_socket); !s) return s;
   if (Status s = root_.open(config_.path); !s) return s;
   ignore_.load_file(config_.path);
   if (Status s = journal_.open(dir_.kml); !s) return s;
@@ -103,7 +104,7 @@ Status FilesetServer::start(std::unique_ptr<Backend> backend) {
   });
   backend_ = std::move(backend);
   if (Status s = backend_->start(loop_, config_.path, this); !s) return s;
-  tracker_->rescan("", "start-up: comparing the tree with the index");
+  if (!backend_->replays_changes()) tracker_->rescan("", "start-up: comparing the tree with the index");
   log_info("fileset '{}' serving {} (uuid {}, journal head {})", config_.name, config_.path,
            dir_.uuid, journal_.head());
   return {};
@@ -131,6 +132,10 @@ void FilesetServer::on_changes(std::vector<ChangeEvent>&& events) {
 
 void FilesetServer::on_rescan(const std::string& rel_dir, const std::string& reason) {
   if (tracker_) tracker_->rescan(rel_dir, reason);
+}
+
+void FilesetServer::when_durable(std::function<void()> done) {
+  if (tracker_) tracker_->when_durable(std::move(done));
 }
 
 bool FilesetServer::ignored(std::string_view rel_path, bool is_dir) const {

@@ -49,6 +49,7 @@ class FilesetServer : public BackendHost {
   // BackendHost
   void on_changes(std::vector<ChangeEvent>&& events) override;
   void on_rescan(const std::string& rel_dir, const std::string& reason) override;
+  void when_durable(std::function<void()> done) override;
   bool ignored(std::string_view rel_path, bool is_dir) const override;
 
  private:

@@ -68,6 +68,7 @@ class FakeHost final : public intersync::BackendHost {
   bool ignored(std::string_view rel, bool /*is_dir*/) const override {
     return rel == ".intermezzo" || rel.starts_with(".intermezzo/");
   }
+  void when_durable(std::function<void()> done) override { done(); }
 
   const ChangeEvent* find(Kind kind, std::string_view path) const {
     for (const ChangeEvent& event : events) {

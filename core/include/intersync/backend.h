@@ -9,6 +9,7 @@
 
 #include <uv.h>
 
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -45,6 +46,10 @@ class BackendHost {
   // Paths core never replicates (.intermezzo/, the daemon's temp files,
   // ignore patterns): a backend need not watch or report them.
   virtual bool ignored(std::string_view rel_path, bool is_dir) const = 0;
+  // Calls `done` on the loop thread once every event delivered so far is
+  // journaled durably by core. A backend that keeps a position in a log
+  // saves it then, so a crash replays changes and never skips one.
+  virtual void when_durable(std::function<void()> done) = 0;
 };
 
 class Backend {
@@ -60,6 +65,12 @@ class Backend {
   // object may be deleted right after stop() returns: handles it still owns
   // must not refer back to it from their close callbacks.
   virtual void stop() = 0;
+  // True when the backend, once started, replays every change made while
+  // the daemon was stopped (it follows a log that the file system writes,
+  // such as izofs's KML): core then skips its start-up scan of the whole
+  // tree. Such a backend still calls on_rescan when its log proves
+  // incomplete.
+  virtual bool replays_changes() const { return false; }
 };
 
 }  // namespace intersync

@@ -35,7 +35,7 @@ extern "C" {
 
 /* Bumped whenever the descriptor or an interface in backend.h/transport.h
  * changes incompatibly. */
-#define INTERSYNC_PLUGIN_ABI_VERSION 1u
+#define INTERSYNC_PLUGIN_ABI_VERSION 2u
 
 #define INTERSYNC_PLUGIN_BACKEND 1u
 #define INTERSYNC_PLUGIN_TRANSPORT 2u
