@@ -462,16 +462,28 @@ void ChangeTracker::journal_removal(const std::string& path) {
   index_.erase(path);
 }
 
-void ChangeTracker::rename(const std::string& from, const std::string& to) {
-  const FileState* src = index_.find(from);
-  // Where `to` is now: a directory above it may have been renamed since
-  // (those renames wait later in the queue).
-  std::string now = to;
+std::string ChangeTracker::where_now(const std::string& path) const {
+  std::string now = path;
   for (const auto& item : queue_) {
     if (item.kind == Item::Kind::Rename && is_same_or_under(now, item.path)) {
       now = item.to + now.substr(item.path.size());
     }
   }
+  return now;
+}
+
+void ChangeTracker::push_after_renames(Item item) {
+  // Ahead of the queue unless a queued rename moves the path: then behind
+  // it, where that rename carries the item over to the new name.
+  bool front = where_now(item.path) == item.path;
+  push(std::move(item), front);
+}
+
+void ChangeTracker::rename(const std::string& from, const std::string& to) {
+  const FileState* src = index_.find(from);
+  // Where `to` is now: a directory above it may have been renamed since
+  // (those renames wait later in the queue).
+  std::string now = where_now(to);
   struct stat st;
   bool exact = src && stat_path(now, &st) && supported(st) && st.st_ino == src->ino &&
                type_of(st) == src->type && index_.find(parent_of(to)) != nullptr &&
@@ -479,8 +491,8 @@ void ChangeTracker::rename(const std::string& from, const std::string& to) {
   if (!exact) {
     // Not a rename we can express (unknown source, replaced meanwhile,
     // moved under an ignored name): compare both sides with the disk.
-    push({Item::Kind::Reconcile, to, {}}, true);
-    push({Item::Kind::Reconcile, from, {}}, true);
+    push_after_renames({Item::Kind::Reconcile, to, {}});
+    push_after_renames({Item::Kind::Reconcile, from, {}});
     return;
   }
   if (const FileState* old = index_.find(to)) {
@@ -506,10 +518,12 @@ void ChangeTracker::rename(const std::string& from, const std::string& to) {
   // Pending work under the old name now concerns the new one.
   auto moved_path = [&](const std::string& p) { return to + p.substr(from.size()); };
   for (auto& item : queue_) {
-    if (item.kind == Item::Kind::Reconcile && is_same_or_under(item.path, from)) {
-      queued_.erase(item.path);
+    if ((item.kind == Item::Kind::Reconcile || item.kind == Item::Kind::Rescan) &&
+        is_same_or_under(item.path, from)) {
+      bool reconcile = item.kind == Item::Kind::Reconcile;
+      if (reconcile) queued_.erase(item.path);
       item.path = moved_path(item.path);
-      queued_.insert(item.path);
+      if (reconcile) queued_.insert(item.path);
     }
   }
   std::map<std::string, uint64_t> deferred;
@@ -520,9 +534,9 @@ void ChangeTracker::rename(const std::string& from, const std::string& to) {
   if (src_type == FileType::Dir) {
     // Entries created or renamed inside it before this rename was seen were
     // looked for under the old name: compare the whole subtree once.
-    push({Item::Kind::Rescan, to, {}}, true);
+    push_after_renames({Item::Kind::Rescan, to, {}});
   } else {
-    push({Item::Kind::Reconcile, to, {}}, true);
+    push_after_renames({Item::Kind::Reconcile, to, {}});
   }
 }
 
@@ -644,6 +658,14 @@ void ChangeTracker::finish_hash(std::unique_ptr<HashResult> r) {
     }
     index_.put(path, fs);
     return;
+  }
+  if (server_content_) {
+    if (auto version = server_content_(path, m.content_id)) {
+      fs.version = *version;
+      index_.put(path, fs);
+      dirty_ = true;
+      return;
+    }
   }
   if (r->created || !idx) {
     KmlRecord c;

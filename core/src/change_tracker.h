@@ -20,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <optional>
 #include <string>
 
 #include "file_index.h"
@@ -50,6 +51,13 @@ class ChangeTracker {
 
   // Called after records were made durable and indexed.
   void on_committed(std::function<void()> callback) { committed_ = std::move(callback); }
+  // Asked before a file's new content is journaled as a local change: a
+  // version number means the bytes are a server record's that the daemon
+  // wrote before a crash kept it from indexing them; they are indexed as
+  // that version, not journaled.
+  void on_unknown_content(std::function<std::optional<uint32_t>(const std::string&, const Hash&)> f) {
+    server_content_ = std::move(f);
+  }
   // Calls `done` once everything added so far is journaled and durable.
   void when_durable(std::function<void()> done);
 
@@ -85,6 +93,9 @@ class ChangeTracker {
   void process(const Item& item);
   void reconcile(const std::string& path);
   void rename(const std::string& from, const std::string& to);
+  // Where `path` is on disk now, after the renames still queued.
+  std::string where_now(const std::string& path) const;
+  void push_after_renames(Item item);
   void rescan_tree(const std::string& dir);
   void journal_new(const std::string& path, const struct stat& st);
   void journal_removal(const std::string& path);
@@ -103,6 +114,7 @@ class ChangeTracker {
   std::function<bool(std::string_view, bool)> ignored_;
   std::function<void()> committed_;
   std::vector<std::function<void()>> durable_waiters_;
+  std::function<std::optional<uint32_t>(const std::string&, const Hash&)> server_content_;
 
   std::deque<Item> queue_;
   std::set<std::string> queued_;              // paths with a Reconcile item in queue_

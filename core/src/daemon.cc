@@ -54,17 +54,41 @@ Status mkdir_p(const std::string& path, mode_t mode) {
 }
 
 // One control-socket connection: reads a request line, writes one reply.
+// One control connection: a request line in, one reply line out, then
+// closed. The reply may come later (a fetch waits for the download); it is
+// dropped if the connection is gone by then.
 struct ControlConn {
   uv_pipe_t pipe{};
   std::string in;
   Daemon* daemon = nullptr;
-  std::function<void(const std::string&, std::string*)> handler;
   bool answered = false;
+  std::shared_ptr<bool> open = std::make_shared<bool>(true);
 };
 
 void close_control_conn(ControlConn* c) {
+  if (!*c->open) return;
+  *c->open = false;
   uv_close(reinterpret_cast<uv_handle_t*>(&c->pipe),
            [](uv_handle_t* h) { delete static_cast<ControlConn*>(h->data); });
+}
+
+void send_control_reply(ControlConn* c, std::string reply) {
+  auto* text = new std::string(std::move(reply));
+  text->push_back('\n');
+  auto* req = new uv_write_t;
+  req->data = text;
+  uv_buf_t out = uv_buf_init(text->data(), static_cast<unsigned>(text->size()));
+  int rc = uv_write(req, reinterpret_cast<uv_stream_t*>(&c->pipe), &out, 1, [](uv_write_t* w, int) {
+    auto* conn = static_cast<ControlConn*>(w->handle->data);
+    delete static_cast<std::string*>(w->data);
+    delete w;
+    close_control_conn(conn);
+  });
+  if (rc != 0) {
+    delete text;
+    delete req;
+    close_control_conn(c);
+  }
 }
 
 }  // namespace
@@ -211,9 +235,6 @@ Status Daemon::open_control_socket() {
       auto* self = static_cast<Daemon*>(srv->data);
       auto* c = new ControlConn;
       c->daemon = self;
-      c->handler = [self](const std::string& line, std::string* reply) {
-        self->on_control_request(line, reply);
-      };
       uv_pipe_init(srv->loop, &c->pipe, 0);
       c->pipe.data = c;
       if (uv_accept(srv, reinterpret_cast<uv_stream_t*>(&c->pipe)) != 0) {
@@ -228,8 +249,12 @@ Status Daemon::open_control_socket() {
           },
           [](uv_stream_t* s, ssize_t n, const uv_buf_t* b) {
             auto* c = static_cast<ControlConn*>(s->data);
+            if (c->answered) {
+              // The request is in; a reply still to come closes it.
+              if (n < 0) uv_read_stop(s);
+              return;
+            }
             if (n < 0) return close_control_conn(c);
-            if (c->answered) return;
             c->in.append(b->base, static_cast<size_t>(n));
             size_t nl = c->in.find('\n');
             if (nl == std::string::npos) {
@@ -237,17 +262,9 @@ Status Daemon::open_control_socket() {
               return;
             }
             c->answered = true;
-            auto* reply = new std::string;
-            c->handler(c->in.substr(0, nl), reply);
-            reply->push_back('\n');
-            auto* req = new uv_write_t;
-            req->data = reply;
-            uv_buf_t out = uv_buf_init(reply->data(), static_cast<unsigned>(reply->size()));
-            uv_write(req, s, &out, 1, [](uv_write_t* w, int) {
-              auto* c2 = static_cast<ControlConn*>(w->handle->data);
-              delete static_cast<std::string*>(w->data);
-              delete w;
-              close_control_conn(c2);
+            std::weak_ptr<bool> open = c->open;
+            c->daemon->on_control_request(c->in.substr(0, nl), [c, open](std::string reply) {
+              if (auto o = open.lock(); o && *o) send_control_reply(c, std::move(reply));
             });
           });
     });
@@ -267,13 +284,14 @@ void Daemon::close_control_socket() {
   ::unlink(config_.control_socket.c_str());
 }
 
-void Daemon::on_control_request(const std::string& line, std::string* reply) {
+void Daemon::on_control_request(const std::string& line,
+                                std::function<void(std::string)> respond) {
   auto req = nlohmann::json::parse(line, nullptr, false);
   std::string cmd = req.is_object() && req.contains("cmd") && req["cmd"].is_string()
                         ? req["cmd"].get<std::string>()
                         : std::string();
   if (cmd == "status") {
-    *reply = status().dump();
+    respond(status().dump());
   } else if (cmd == "conflicts") {
     nlohmann::json list = nlohmann::json::array();
     for (const auto& s : servers_) {
@@ -282,7 +300,7 @@ void Daemon::on_control_request(const std::string& line, std::string* reply) {
     for (const auto& c : clients_) {
       for (auto& e : c->conflicts()) list.push_back(e);
     }
-    *reply = nlohmann::json{{"conflicts", list}}.dump();
+    respond(nlohmann::json{{"conflicts", list}}.dump());
   } else if (cmd == "confirm") {
     std::string fset = req.value("fileset", "");
     bool found = false, held = false;
@@ -292,9 +310,9 @@ void Daemon::on_control_request(const std::string& line, std::string* reply) {
         held = c->confirm();
       }
     }
-    *reply = nlohmann::json{{"fileset", fset}, {"found", found}, {"released", held}}.dump();
+    respond(nlohmann::json{{"fileset", fset}, {"found", found}, {"released", held}}.dump());
   } else {
-    *reply = nlohmann::json{{"error", "unknown command '" + cmd + "'"}}.dump();
+    respond(nlohmann::json{{"error", "unknown command '" + cmd + "'"}}.dump());
   }
 }
 

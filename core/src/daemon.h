@@ -48,7 +48,8 @@ class Daemon {
   void shutdown();
   Status open_control_socket();
   void close_control_socket();
-  void on_control_request(const std::string& line, std::string* reply);
+  // Answers one control request by calling `respond` once, now or later.
+  void on_control_request(const std::string& line, std::function<void(std::string)> respond);
 
   Config config_;
   uv_loop_t loop_{};

@@ -167,6 +167,16 @@ std::optional<std::string> FileIndex::meta(const std::string& key) const {
   return it == meta_.end() ? std::nullopt : std::optional<std::string>(it->second);
 }
 
+std::vector<std::pair<std::string, std::string>> FileIndex::meta_with_prefix(
+    std::string_view prefix) const {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (auto it = meta_.lower_bound(std::string(prefix));
+       it != meta_.end() && std::string_view(it->first).starts_with(prefix); ++it) {
+    out.push_back(*it);
+  }
+  return out;
+}
+
 void FileIndex::set_meta(const std::string& key, const std::string& value) {
   meta_[key] = value;
   dirty_meta_[key] = value;

@@ -89,6 +89,8 @@ class FileIndex {
 
   std::optional<std::string> meta(const std::string& key) const;
   void set_meta(const std::string& key, const std::string& value);
+  // Every meta entry whose key starts with `prefix`.
+  std::vector<std::pair<std::string, std::string>> meta_with_prefix(std::string_view prefix) const;
 
   // Writes every change since the last commit in one transaction.
   Status commit();

@@ -41,18 +41,24 @@ uint64_t get_u64(const char* p) {
 
 }  // namespace
 
+// Index meta key: the contents the batch being applied writes (path ->
+// [content id, recno]).
+constexpr const char* kApplyingKey = "applying";
+
 // One unit of application: records in order, the small contents fetched for
 // them, and the large contents staged in tmp/.
 struct FilesetClient::Batch {
   std::vector<KmlRecord> records;
   std::map<Hash, std::string> small;  // content id -> bytes (unverified)
   std::set<Hash> staged;              // content ids downloaded to tmp/<hex>
+  std::set<Hash> requested;           // content ids asked of the server
   uint32_t last_recno = 0;
   // Filled by the job:
   uint32_t applied_upto = 0;
   size_t skipped = 0;
   std::string error;
   size_t missing = 0;  // contents the server did not have when asked
+  std::optional<Hash> refetch;  // a content to ask the server for (see ContentSources)
 };
 
 namespace {
@@ -83,13 +89,32 @@ void run_apply_job(ApplyJob& job) {
     return;
   }
   applier.protect(job.protect);
+  // What this batch is about to write, durable before the first file
+  // moves: after a crash, content found here that the index does not know
+  // yet is recognised as the server's (see ChangeTracker::on_unknown_content)
+  // instead of being sent back as a local change.
+  nlohmann::json writing = nlohmann::json::object();
+  for (const auto& r : b.records) {
+    if (r.opcode == KmlOp::Content) writing[r.path] = {hash_hex(r.hash), r.recno};
+  }
+  job.index->set_meta(kApplyingKey, writing.dump());
+  if (Status s = job.index->commit(); !s) {
+    b.error = s.error().message;
+    return;
+  }
   ContentSources sources;
   sources.small = std::move(b.small);
   for (const auto& id : b.staged) sources.staged[id] = hash_hex(id);
+  sources.can_refetch = true;
+  sources.requested = b.requested;
   for (size_t i = 0; i < b.records.size(); ++i) {
     std::string err;
     if (!applier.apply(b.records, i, sources, &err)) {
       b.error = err;
+      break;
+    }
+    if (sources.refetch) {
+      b.refetch = sources.refetch;
       break;
     }
     b.applied_upto = b.records[i].recno;
@@ -106,6 +131,7 @@ void run_apply_job(ApplyJob& job) {
   }
   job.index->set_meta("server_uuid", job.server_uuid);
   job.index->set_meta("applied", std::to_string(b.applied_upto));
+  job.index->set_meta(kApplyingKey, "{}");
   if (Status s = job.index->commit(); !s) {
     b.error = s.error().message;
     b.applied_upto = 0;
@@ -175,6 +201,25 @@ Status FilesetClient::start(std::unique_ptr<Transport> transport,
         loop_, opts, *root_, *index_, local_journal_,
         [this](std::string_view p, bool d) { return ignored(p, d); });
     tracker_->on_committed([this] { reintegrate(); });
+    if (auto text = index_->meta(kApplyingKey)) {
+      auto j = nlohmann::json::parse(*text, nullptr, false);
+      if (j.is_object()) {
+        for (const auto& [path, v] : j.items()) {
+          Hash id;
+          if (v.is_array() && v.size() == 2 && hash_from_hex(v[0].get<std::string>(), &id)) {
+            interrupted_batch_[path] = {id, v[1].get<uint32_t>()};
+          }
+        }
+      }
+    }
+    tracker_->on_unknown_content(
+        [this](const std::string& path, const Hash& id) -> std::optional<uint32_t> {
+          auto it = interrupted_batch_.find(path);
+          if (it == interrupted_batch_.end() || it->second.first != id) return std::nullopt;
+          log_info("fileset '{}': {} holds record {}'s content, written before a crash",
+                   config_.name, path, it->second.second);
+          return it->second.second;
+        });
     backend_ = std::move(backend);
     if (Status s = backend_->start(loop_, config_.path, this); !s) return s;
     // Changes made while the daemon was down are found by comparing the
@@ -330,6 +375,9 @@ void FilesetClient::lost(const std::string& why) {
   poll_call_.reset();
   requeue_fetching();
   pending_bytes_ = 0;
+  // An upload or reintegrate in flight is dropped with its session (its
+  // answer is ignored); the next session starts the round again.
+  reintegrating_ = false;
   if (state_ != State::Disconnected) {
     disconnected_since_ = unix_now();
     log_warn("fileset '{}': lost the server {}:{}: {}", config_.name, config_.server_host,
@@ -415,7 +463,8 @@ void FilesetClient::next_batch() {
     }
     if (r.opcode == KmlOp::Content && r.size > 0 && !wanted.count(r.hash)) {
       const FileState* idx = index_->find(r.path);
-      bool have = (idx && idx->content_id == r.hash) || index_->path_of_content(r.hash);
+      bool have = !refetch_.count(r.hash) &&
+                  ((idx && idx->content_id == r.hash) || index_->path_of_content(r.hash));
       if (!have) {
         wanted.insert(r.hash);
         if (r.size <= protocol::kSmallFile) {
@@ -431,6 +480,7 @@ void FilesetClient::next_batch() {
     batch->records.push_back(std::move(r));
   }
   pending_bytes_ += small_bytes;
+  batch->requested = std::move(wanted);
   fetching_ = std::move(batch);
   fetches_in_flight_ = 1;  // released below, after every fetch is issued
   for (size_t i = 0; i < small.size(); i += kBulkIds) {
@@ -688,6 +738,19 @@ void FilesetClient::apply(std::unique_ptr<Batch> batch) {
       });
       return;
     }
+    if (b.refetch) {
+      // The local copy a record was to be made from went away in this
+      // batch: the rest goes again, that content from the server.
+      log_debug("fileset '{}': record {}: local copy gone, fetching {}", config_.name,
+                b.applied_upto + 1, hash_hex(*b.refetch));
+      refetch_.insert(*b.refetch);
+      requeue_fetching();
+      requeue(b, b.applied_upto);
+      next_batch();
+      return;
+    }
+    refetch_.clear();
+    interrupted_batch_.clear();
     if (b.skipped == 0 && last_error_.rfind("applying", 0) == 0) last_error_.clear();
     log_debug("fileset '{}': applied records up to {}", config_.name, applied_);
     if (local_pending()) {
@@ -724,6 +787,7 @@ struct UploadPlan {
     uint64_t size = 0;
   };
   std::vector<Upload> uploads;
+  std::map<uint32_t, Hash> contents;  // local recno of each CONTENT record -> its content id
   size_t next = 0;
   uint64_t offset = 0;
 };
@@ -744,8 +808,9 @@ void FilesetClient::reintegrate() {
   for (const auto& e : scan.entries) {
     const KmlRecord& r = e.record;
     if (r.opcode == KmlOp::Unlink || r.opcode == KmlOp::Rmdir) ++deletions;
-    if (r.opcode == KmlOp::Content && r.size > 0 && seen.insert(r.hash).second) {
-      plan->uploads.push_back({r.hash, r.path, r.size});
+    if (r.opcode == KmlOp::Content && r.size > 0) {
+      plan->contents[r.recno] = r.hash;
+      if (seen.insert(r.hash).second) plan->uploads.push_back({r.hash, r.path, r.size});
     }
   }
   // Deletions come in bursts (rm -r, a disk that vanished): let a burst
@@ -791,12 +856,25 @@ bool FilesetClient::confirm() {
 void FilesetClient::upload_next(std::shared_ptr<UploadPlan> plan) {
   if (plan->next >= plan->uploads.size()) return send_reintegrate(plan);
   const auto& u = plan->uploads[plan->next];
-  // The bytes now on disk; if the file changed since it was journaled its
-  // content id no longer matches, the server answers "superseded" and the
-  // later record carries the new content.
-  auto fd = root_->open_beneath(u.path, O_RDONLY | O_NOFOLLOW);
+  // The bytes now on disk: where the record was made, or where the index
+  // says that content is now (the file was renamed since). If the file
+  // changed since it was journaled its content id no longer matches, the
+  // server answers "superseded" and the later record carries the new
+  // content.
+  auto open_source = [&](const std::string& path, struct stat* st) -> Result<UniqueFd> {
+    auto fd = root_->open_beneath(path, O_RDONLY | O_NOFOLLOW);
+    if (!fd) return fd;
+    if (fstat(fd->get(), st) != 0 || static_cast<uint64_t>(st->st_size) != u.size) {
+      return make_error(-ESTALE, path + " changed");
+    }
+    return fd;
+  };
   struct stat st;
-  if (!fd || fstat(fd->get(), &st) != 0 || static_cast<uint64_t>(st.st_size) != u.size) {
+  auto fd = open_source(u.path, &st);
+  if (!fd) {
+    if (auto moved = index_->path_of_content(u.id)) fd = open_source(*moved, &st);
+  }
+  if (!fd) {
     ++plan->next;
     plan->offset = 0;
     return upload_next(plan);
@@ -850,6 +928,9 @@ void FilesetClient::send_reintegrate(std::shared_ptr<UploadPlan> plan) {
   char host[256] = "client";
   gethostname(host, sizeof host - 1);
   head.headers.set("X-Intersync-Host", host);
+  // Which copy of the fileset this is: clients may share a token, yet each
+  // replica's own successive changes must be told apart from another's.
+  head.headers.set("X-Intersync-Replica", dir_.uuid);
   head.headers.set("Content-Type", protocol::kKmlMediaType);
   uint64_t gen = generation_;
   auto alive = std::weak_ptr<bool>(alive_);
@@ -875,7 +956,7 @@ void FilesetClient::on_reintegrated(std::shared_ptr<UploadPlan> plan, const std:
     set_error("reintegrate answer is not valid JSON");
     return;
   }
-  std::vector<std::string> resend;
+  std::vector<std::string> resend, resend_content;
   size_t accepted = 0, conflicts = 0;
   for (const auto& r : answer["results"]) {
     std::string result = r.value("result", "");
@@ -883,7 +964,11 @@ void FilesetClient::on_reintegrated(std::shared_ptr<UploadPlan> plan, const std:
     uint32_t server_recno = r.value("server_recno", 0u);
     if (result == "accepted" || result == "conflict") {
       ++accepted;
-      if (const FileState* st = index_->find(path); st && server_recno > 0) {
+      // After a conflict the server's version comes back through the
+      // journal; until then the file here is still the client's, and a
+      // later change to it must not be taken as based on the server's.
+      bool own = result == "accepted" || r.value("winner", "") == "client";
+      if (const FileState* st = index_->find(path); own && st && server_recno > 0) {
         FileState fs = *st;
         fs.version = server_recno;
         index_->put(path, fs);
@@ -905,6 +990,15 @@ void FilesetClient::on_reintegrated(std::shared_ptr<UploadPlan> plan, const std:
       resend.push_back(path);
       if (r.contains("target")) resend.push_back(r.value("target", ""));
     }
+    if (result == "superseded" && r.value("detail", "") == protocol::kNotUploaded) {
+      // Its content never reached the server. If that content is still
+      // what a file here holds (it moved, and the later records say only
+      // that), the file is journaled again so that its bytes go up.
+      auto c = plan->contents.find(r.value("recno", 0u));
+      if (c != plan->contents.end()) {
+        if (auto current = index_->path_of_content(c->second)) resend_content.push_back(*current);
+      }
+    }
     if (result == "refused") {
       log_error("fileset '{}': the server refused local record {} ({}): {}", config_.name,
                 r.value("recno", 0u), path, r.value("detail", ""));
@@ -920,6 +1014,17 @@ void FilesetClient::on_reintegrated(std::shared_ptr<UploadPlan> plan, const std:
     // The server could not rename it; the object goes again as new.
     for (const auto& p : index_->paths_under(path)) index_->erase(p);
     index_->erase(path);
+    tracker_->reconcile_now(path);
+  }
+  for (const auto& path : resend_content) {
+    const FileState* st = index_->find(path);
+    if (!st) continue;
+    log_info("fileset '{}': the server lacks the content of {}; sending it again", config_.name,
+             path);
+    FileState forget = *st;
+    forget.content_id = Hash{};
+    forget.size = UINT64_MAX;  // differs from the disk: the tracker hashes it again
+    index_->put(path, forget);
     tracker_->reconcile_now(path);
   }
   if (local_pending()) return reintegrate();

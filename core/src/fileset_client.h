@@ -103,6 +103,12 @@ class FilesetClient : public BackendHost {
   unsigned fetches_in_flight_ = 0;
   uint64_t batch_seq_ = 0;  // identifies fetching_ to its fetch callbacks
   unsigned fetch_retries_ = 0;
+  // Contents to ask the server for even though the index knows a local
+  // copy: that copy went away before it could be used.
+  std::set<Hash> refetch_;
+  // The contents a batch interrupted by a crash was writing: path ->
+  // (content id, server recno).
+  std::map<std::string, std::pair<Hash, uint32_t>> interrupted_batch_;
   bool applying_ = false;
   uint64_t backoff_ms_ = 0;
   uint64_t disconnected_since_ = 0;  // unix seconds

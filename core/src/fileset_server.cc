@@ -470,7 +470,13 @@ void FilesetServer::serve_reintegrate(HttpRequest& request, const std::string& c
   std::vector<KmlRecord> records;
   for (auto& e : scan.entries) records.push_back(std::move(e.record));
   std::string host(request.head.headers.get("X-Intersync-Host").value_or(client));
-  nlohmann::json answer = reintegrator_->reintegrate(std::move(records), client, host);
+  std::string replica(request.head.headers.get("X-Intersync-Replica").value_or(""));
+  bool replica_ok = replica.size() == 36 && std::all_of(replica.begin(), replica.end(), [](char c) {
+                      return c == '-' || std::isxdigit(static_cast<unsigned char>(c));
+                    });
+  if (!replica_ok) replica.clear();
+  nlohmann::json answer =
+      reintegrator_->reintegrate(std::move(records), client, host, replica);
   wake_waiters();
   if (answer.contains("error")) return respond(*w, 503, answer.dump() + "\n", "application/json");
   respond(*w, 200, answer.dump() + "\n", "application/json");

@@ -22,6 +22,10 @@ inline constexpr const char* kKmlMediaType = "application/x-intermezzo-kml";
 inline constexpr unsigned kMaxWaitSeconds = 60;
 // Files up to this size travel in bulk `contents` requests.
 inline constexpr uint64_t kSmallFile = 1 << 20;
+// The detail of a reintegrate result "superseded" for a CONTENT record
+// whose bytes were not uploaded: the client checks whether it still holds
+// that content and, if so, sends it again.
+inline constexpr const char* kNotUploaded = "content was not uploaded";
 // The most bytes of journal one `kml` answer carries.
 inline constexpr uint64_t kMaxKmlResponse = 4 << 20;
 

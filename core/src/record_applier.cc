@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -36,6 +37,14 @@ std::string sibling_temp_name(const std::string& name) {
 }
 
 }  // namespace
+
+bool is_placeholder(int dirfd, const std::string& name) {
+  int fd = openat(dirfd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool absent = fgetxattr(fd, kAbsentXattr, nullptr, 0) > 0;
+  ::close(fd);
+  return absent;
+}
 
 std::string staging_name() {
   return "w-" + random_hex();
@@ -103,10 +112,9 @@ class RecordApplier::Impl {
     return false;
   }
 
-  // Records the state of `name` in `dirfd` as the index entry for `path`.
-  void index_from_disk(int dirfd, const std::string& name, const std::string& path, FileState fs) {
-    struct stat st;
-    if (fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return;
+  // Records `st`, the state this applier gave the entry, as the index entry
+  // for `path`.
+  void index_stat(const std::string& path, FileState fs, const struct stat& st) {
     fs.mode = st.st_mode & 07777;
     fs.uid = st.st_uid;
     fs.gid = st.st_gid;
@@ -115,6 +123,24 @@ class RecordApplier::Impl {
     fs.ctime_ns = int64_t(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
     fs.ino = st.st_ino;
     index_.put(path, fs);
+  }
+
+  // Records the state of `name` in `dirfd` as the index entry for `path`.
+  // For a regular file `fs` holds what this applier expects there (size,
+  // mtime, inode): when the disk differs, a user wrote the file meanwhile
+  // and the expectation is stored instead, so that the change tracker sees
+  // the difference and journals the user's bytes (never mistaking them for
+  // the content `fs` names).
+  void index_from_disk(int dirfd, const std::string& name, const std::string& path, FileState fs) {
+    struct stat st;
+    if (fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return;
+    if (fs.type == FileType::File &&
+        !(S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == fs.size &&
+          mtime_ns(st) == fs.mtime_ns && st.st_ino == fs.ino)) {
+      index_.put(path, fs);
+      return;
+    }
+    index_stat(path, std::move(fs), st);
   }
 
   bool apply(std::vector<KmlRecord>& recs, size_t i, ContentSources& src, std::string* err) {
@@ -153,11 +179,13 @@ class RecordApplier::Impl {
           if (errno == EEXIST) return true;
           return fail(err, root_.path() + "/" + r.path, errno);
         }
+        struct stat created;
+        int stat_rc = fstat(fd, &created);
         ::close(fd);
         FileState fs;
         fs.content_id = content_id_of({});
         fs.version = r.recno;
-        index_from_disk(parent->get(), name, r.path, fs);
+        if (stat_rc == 0) index_stat(r.path, std::move(fs), created);
         return true;
       }
       case KmlOp::Content:
@@ -243,6 +271,7 @@ class RecordApplier::Impl {
         }
         FileState fs = *idx;
         fs.version = r.recno;
+        if (r.valid & kAttrMtime) fs.mtime_ns = int64_t(r.mtime_sec) * 1000000000 + r.mtime_nsec;
         index_from_disk(parent->get(), name, r.path, fs);
         return true;
       }
@@ -274,9 +303,9 @@ class RecordApplier::Impl {
   }
 
   // Writes `bytes` to a temporary name beside the target and renames it into
-  // place, with the record's mode and mtime.
+  // place, with the record's mode and mtime; indexes it as `fs`.
   bool install_bytes(const KmlRecord& r, int dirfd, const std::string& name, std::string_view bytes,
-                     std::string* err) {
+                     FileState fs, std::string* err) {
     std::string tmp = staging_name();
     int fd = openat(staging_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) return fail(err, staging_dir_ + "/" + tmp, errno);
@@ -292,23 +321,34 @@ class RecordApplier::Impl {
       }
       off += static_cast<size_t>(n);
     }
-    return finish_install(r, fd, dirfd, tmp, name, err);
+    return finish_install(r, fd, dirfd, tmp, name, std::move(fs), err);
   }
 
   // Gives staging/<tmp> (open as `fd`) the record's mode and mtime and
   // renames it to dirfd/<name>.
+  // The index records the state read from the staged file before the
+  // rename, never the path afterwards: a user's write just after the
+  // rename must not be taken for the record's content.
   bool finish_install(const KmlRecord& r, int fd, int dirfd, const std::string& tmp,
-                      const std::string& name, std::string* err) {
+                      const std::string& name, FileState fs, std::string* err) {
     fchmod(fd, r.mode & 07777);
     struct timespec ts[2] = {{0, UTIME_OMIT},
                              {time_t(r.v_obj_new.mtime_sec), long(r.v_obj_new.mtime_nsec)}};
     futimens(fd, ts);
+    struct stat installed;
+    int stat_rc = fstat(fd, &installed);
     ::close(fd);
-    if (int e = move_into_place(tmp, dirfd, name); e != 0) {
+    if (protect && changed_here(dirfd, name, r.path)) {
+      // Written here while the record's bytes were being prepared.
+      unlinkat(staging_.get(), tmp.c_str(), 0);
+      return skip(r, "changed locally meanwhile");
+    }
+    if (int e = move_into_place(tmp, dirfd, name, &installed); e != 0) {
       unlinkat(staging_.get(), tmp.c_str(), 0);
       if (e == EISDIR || e == ENOTEMPTY) return skip(r, "a directory is in the way");
       return fail(err, root_.path() + "/" + r.path, e);
     }
+    if (stat_rc == 0) index_stat(r.path, std::move(fs), installed);
     return true;
   }
 
@@ -324,8 +364,9 @@ class RecordApplier::Impl {
     int64_t want_mtime = int64_t(r.v_obj_new.mtime_sec) * 1000000000 + r.v_obj_new.mtime_nsec;
     if (idx && exists && idx->content_id == r.hash && S_ISREG(st.st_mode) &&
         static_cast<uint64_t>(st.st_size) == idx->size && mtime_ns(st) == idx->mtime_ns &&
-        st.st_ino == idx->ino) {
-      // Already here (a replay after a crash, or the same bytes twice).
+        st.st_ino == idx->ino && (src_->on_demand || !is_placeholder(dirfd, name))) {
+      // Already here (a replay after a crash, or the same bytes twice), or
+      // its placeholder when content comes on demand.
       if ((st.st_mode & 07777) != (r.mode & 07777))
         fchmodat(dirfd, name.c_str(), r.mode & 07777, 0);
       if (mtime_ns(st) != want_mtime) {
@@ -334,29 +375,25 @@ class RecordApplier::Impl {
         utimensat(dirfd, name.c_str(), ts, AT_SYMLINK_NOFOLLOW);
       }
       fs.chunks = idx->chunks;
+      fs.size = idx->size;
+      fs.ino = idx->ino;
+      fs.mtime_ns = want_mtime;
       index_from_disk(dirfd, name, r.path, fs);
       return true;
     }
-    if (idx && exists &&
-        !(S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == idx->size &&
-          mtime_ns(st) == idx->mtime_ns && st.st_ino == idx->ino) &&
-        protect) {
+    if (protect && changed_here(dirfd, name, r.path)) {
       // Changed here and not journaled yet: the local change is kept and
       // the server will see both when it is reintegrated.
       return skip(r, "changed locally meanwhile");
     }
     if (r.nchunks == 0 && r.size == 0) {
-      if (!install_bytes(r, dirfd, name, {}, err)) return false;
-      index_from_disk(dirfd, name, r.path, fs);
-      return true;
+      return install_bytes(r, dirfd, name, {}, std::move(fs), err);
     }
     if (auto it = src_->small.find(r.hash); it != src_->small.end()) {
       Manifest m = manifest_of(it->second);
       if (m.content_id != r.hash) return skip(r, "received bytes do not match the content id");
       if (m.chunks.size() > 1) fs.chunks = pack_chunks(m.chunks);
-      if (!install_bytes(r, dirfd, name, it->second, err)) return false;
-      index_from_disk(dirfd, name, r.path, fs);
-      return true;
+      return install_bytes(r, dirfd, name, it->second, std::move(fs), err);
     }
     if (auto it = src_->staged.find(r.hash); it != src_->staged.end()) {
       std::string staged_name = it->second;
@@ -366,9 +403,7 @@ class RecordApplier::Impl {
         auto m = manifest_of_fd(fd);
         if (m && m->content_id == r.hash) {
           if (m->chunks.size() > 1) fs.chunks = pack_chunks(m->chunks);
-          if (!finish_install(r, fd, dirfd, staged_name, name, err)) return false;
-          index_from_disk(dirfd, name, r.path, fs);
-          return true;
+          return finish_install(r, fd, dirfd, staged_name, name, std::move(fs), err);
         }
         ::close(fd);
         unlinkat(staging_.get(), staged_name.c_str(), 0);
@@ -398,10 +433,13 @@ class RecordApplier::Impl {
           left -= static_cast<uint64_t>(n);
         }
         fs.chunks = src->chunks;
-        if (!finish_install(r, fd, dirfd, tmp, name, err)) return false;
-        index_from_disk(dirfd, name, r.path, fs);
-        return true;
+        return finish_install(r, fd, dirfd, tmp, name, std::move(fs), err);
       }
+    }
+    if (src_->on_demand) return install_placeholder(r, dirfd, name, std::move(fs), err);
+    if (src_->can_refetch && !src_->requested.count(r.hash)) {
+      src_->refetch = r.hash;
+      return true;
     }
     // The server no longer has these bytes: a later record replaces them.
     ++skipped;
@@ -409,9 +447,60 @@ class RecordApplier::Impl {
     return true;
   }
 
+  // A sparse file of the record's size, marked absent, in place of the
+  // content (data on demand).
+  bool install_placeholder(const KmlRecord& r, int dirfd, const std::string& name, FileState fs,
+                           std::string* err) {
+    std::string tmp = staging_name();
+    int fd = openat(staging_.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return fail(err, staging_dir_ + "/" + tmp, errno);
+    std::string id = hash_hex(r.hash);
+    if (ftruncate(fd, static_cast<off_t>(r.size)) != 0 ||
+        fsetxattr(fd, kAbsentXattr, id.data(), id.size(), 0) != 0) {
+      int e = errno;
+      ::close(fd);
+      unlinkat(staging_.get(), tmp.c_str(), 0);
+      return fail(err, "placeholder for " + root_.path() + "/" + r.path, e);
+    }
+    return finish_install(r, fd, dirfd, tmp, name, std::move(fs), err);
+  }
+
+  bool make_placeholder(const std::string& path, std::string* why) {
+    const FileState* idx = index_.find(path);
+    if (!idx || idx->type != FileType::File) {
+      *why = "not a file";
+      return false;
+    }
+    std::string name;
+    auto parent = root_.open_parent(path, &name);
+    if (!parent) {
+      *why = parent.error().message;
+      return false;
+    }
+    if (changed_here(parent->get(), name, path)) {
+      *why = "changed here since it was last synced";
+      return false;
+    }
+    if (is_placeholder(parent->get(), name)) return true;
+    KmlRecord r;
+    r.opcode = KmlOp::Content;
+    r.path = path;
+    r.hash = idx->content_id;
+    r.size = idx->size;
+    r.mode = idx->mode;
+    r.v_obj_new.mtime_sec = static_cast<uint32_t>(idx->mtime_ns / 1000000000);
+    r.v_obj_new.mtime_nsec = static_cast<uint32_t>(idx->mtime_ns % 1000000000);
+    std::string err;
+    if (install_placeholder(r, parent->get(), name, *idx, &err)) return true;
+    *why = err;
+    return false;
+  }
+
   // Moves staging/<tmp> to dirfd/<name>, copying it beside the target
-  // first when they are on different file systems.
-  int move_into_place(const std::string& tmp, int dirfd, const std::string& name) {
+  // first when they are on different file systems (then `*placed`, when
+  // given, becomes the state of the copy).
+  int move_into_place(const std::string& tmp, int dirfd, const std::string& name,
+                      struct stat* placed = nullptr) {
     if (renameat(staging_.get(), tmp.c_str(), dirfd, name.c_str()) == 0) return 0;
     if (errno != EXDEV) return errno;
     std::string sibling = sibling_temp_name(name);
@@ -430,6 +519,7 @@ class RecordApplier::Impl {
     if (rc == 0) {
       struct timespec ts[2] = {{0, UTIME_OMIT}, st.st_mtim};
       futimens(out, ts);
+      if (placed) fstat(out, placed);
     }
     ::close(in);
     if (out >= 0) ::close(out);
@@ -439,15 +529,15 @@ class RecordApplier::Impl {
     return rc;
   }
 
-  // True if `name` in `dirfd` is a file whose state differs from the index:
-  // written here after the index last saw it.
+  // True if `name` in `dirfd` differs from the index: created, written,
+  // or removed or renamed away here after the index last saw it (a change
+  // the change tracker has yet to journal).
   bool changed_here(int dirfd, const std::string& name, const std::string& path) const {
     const FileState* idx = index_.find(path);
     struct stat st;
-    if (!idx || idx->type != FileType::File ||
-        fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
-      return false;
-    }
+    if (!idx) return fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+    if (idx->type != FileType::File) return false;
+    if (fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return errno == ENOENT;
     return !(S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == idx->size &&
              mtime_ns(st) == idx->mtime_ns && st.st_ino == idx->ino);
   }
@@ -492,6 +582,9 @@ Status RecordApplier::open() {
 bool RecordApplier::apply(std::vector<KmlRecord>& recs, size_t i, ContentSources& sources,
                           std::string* err) {
   return impl_->apply(recs, i, sources, err);
+}
+bool RecordApplier::make_placeholder(const std::string& path, std::string* why) {
+  return impl_->make_placeholder(path, why);
 }
 size_t RecordApplier::skipped() const {
   return impl_->skipped;

@@ -9,6 +9,8 @@
 
 #include <functional>
 #include <map>
+#include <optional>
+#include <set>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,7 +28,25 @@ namespace intersync {
 struct ContentSources {
   std::map<Hash, std::string> small;
   std::map<Hash, std::string> staged;  // content id -> file name in the staging directory
+  // A client's batch: `requested` are the contents asked of the server for
+  // it. One that is in none of the sources and no longer here either (the
+  // local copy it was to come from went away in this batch) is not
+  // skipped: the applier stops and names it in `refetch`, to be asked of
+  // the server.
+  bool can_refetch = false;
+  std::set<Hash> requested;
+  std::optional<Hash> refetch;
+  // Data on demand: a content not fetched becomes a placeholder (see
+  // is_placeholder) rather than being looked for.
+  bool on_demand = false;
 };
+
+// Data on demand (izofs): a regular file whose content has not been
+// fetched is a placeholder: sparse, with its real size, mode and mtime, and
+// the extended attribute kAbsentXattr holding its content id in hex. izofs
+// asks the daemon for the content when a user first opens it.
+inline constexpr const char* kAbsentXattr = "user.intersync.absent";
+bool is_placeholder(int dirfd, const std::string& name);
 
 // Checks and canonicalises the paths a record names, as every path from the
 // network must be; UNLINK/RMDIR get `path` = dir/name.
@@ -47,6 +67,10 @@ class RecordApplier {
   // and counted.
   bool apply(std::vector<KmlRecord>& recs, size_t i, ContentSources& sources, std::string* err);
   size_t skipped() const;
+  // Turns the file at `path`, whose bytes match the index, back into a
+  // placeholder (data on demand: evict). False with *why when it does not
+  // (not a file, changed here since the index saw it).
+  bool make_placeholder(const std::string& path, std::string* why);
   // Paths the applier must leave alone (a client's changes not yet
   // reintegrated); also makes it keep files changed locally meanwhile.
   void protect(std::function<bool(const std::string&)> predicate);

@@ -9,6 +9,7 @@
 #include <ctime>
 
 #include "intersync/log.h"
+#include "protocol.h"
 #include "record_applier.h"
 
 namespace intersync {
@@ -40,7 +41,20 @@ Reintegrator::Reintegrator(const FilesetConfig& config, const SafeRoot& root, Fi
       tracker_(tracker),
       dir_(dir) {}
 
+namespace {
+constexpr std::string_view kProducedKey = "produced:";
+}  // namespace
+
 void Reintegrator::load_conflicts() {
+  produced_.clear();
+  for (const auto& [key, value] : index_.meta_with_prefix(kProducedKey)) {
+    Producer p;
+    char client[128] = "";
+    if (sscanf(value.c_str(), "%u %u %127s", &p.version, &p.base, client) == 3) {
+      p.client = client;
+      produced_[key.substr(kProducedKey.size())] = p;
+    }
+  }
   conflicts_.clear();
   auto text = index_.meta("conflicts");
   if (!text) return;
@@ -91,7 +105,10 @@ std::string Reintegrator::conflict_copy_name(const std::string& path,
 bool Reintegrator::successor(const std::string& path, const std::string& client,
                              uint32_t base) const {
   auto it = produced_.find(path);
-  return it != produced_.end() && it->second.first == client && it->second.second == base;
+  if (it == produced_.end() || it->second.client != producer_id(client) || it->second.base != base)
+    return false;
+  const FileState* cur = index_.find(path);
+  return cur ? cur->version == it->second.version : it->second.version == 0;
 }
 
 bool Reintegrator::base_ok(const FileState* cur, const std::string& path, const std::string& client,
@@ -99,8 +116,12 @@ bool Reintegrator::base_ok(const FileState* cur, const std::string& path, const 
   return cur->version == base || successor(path, client, base);
 }
 
-void Reintegrator::produced(const std::string& path, const std::string& client, uint32_t base) {
-  produced_[path] = {client, base};
+void Reintegrator::produced(const std::string& path, const std::string& client, uint32_t base,
+                            uint32_t version) {
+  std::string who = producer_id(client);
+  index_.set_meta(std::string(kProducedKey) + path,
+                  std::to_string(version) + " " + std::to_string(base) + " " + who);
+  produced_[path] = {std::move(who), base, version};
 }
 
 bool Reintegrator::have_upload(const Hash& id) const {
@@ -195,7 +216,8 @@ uint32_t Reintegrator::journal_tree(const std::string& path) {
 }
 
 nlohmann::json Reintegrator::reintegrate(std::vector<KmlRecord> records, const std::string& client,
-                                         const std::string& host) {
+                                         const std::string& host, const std::string& replica) {
+  replica_ = replica;
   nlohmann::json results = nlohmann::json::array();
   for (size_t i = 0; i < records.size(); ++i) {
     uint32_t local = records[i].recno;
@@ -208,10 +230,16 @@ nlohmann::json Reintegrator::reintegrate(std::vector<KmlRecord> records, const s
     } else {
       o = apply_one(records, i, client, host);
     }
+    log_debug("fileset '{}': {} record {} {} {} (base {}): {} {} {}", config_.name, client, local,
+              kml_op_name(records[i].opcode), primary_path(records[i]), records[i].prevrec, o.result,
+              o.server_recno, o.detail);
     nlohmann::json result{
         {"recno", local},     {"result", o.result}, {"server_recno", o.server_recno},
         {"detail", o.detail}, {"copy", o.copy},     {"path", primary_path(records[i])}};
     if (records[i].opcode == KmlOp::Rename) result["target"] = records[i].target;
+    // Whose version the path holds now: the client takes it as its base
+    // only when it is its own.
+    if (o.result == "conflict" && !conflicts_.empty()) result["winner"] = conflicts_.back().winner;
     results.push_back(std::move(result));
   }
   // Acknowledged only once durable.
@@ -284,23 +312,27 @@ Reintegrator::Outcome Reintegrator::content(KmlRecord& r, const std::string& cli
   if (cur && cur->type == FileType::File && cur->content_id == r.hash) {
     return {"accepted", cur->version, "identical content", ""};
   }
+  // The bytes come from an upload, or from a file here that has them (a
+  // conflict copy of an earlier attempt, a copy under another name).
   bool needs_bytes = r.size > 0;
-  if (needs_bytes && !have_upload(r.hash)) {
-    return {"superseded", 0, "content was not uploaded", ""};
+  if (needs_bytes && !have_upload(r.hash) && !index_.path_of_content(r.hash)) {
+    return {"superseded", 0, protocol::kNotUploaded, ""};
   }
   bool clean = cur ? (cur->type == FileType::File && base_ok(cur, r.path, client, base)) : true;
   if (clean) {
     // Also a file the server deleted meanwhile (cur == null, base != 0): an
     // update wins over a delete, so the client's version comes back.
     bool created = !cur;
+    bool restored = !cur && base != 0 && !successor(r.path, client, base);
     std::string why;
     if (!apply_record(r, &why)) return {"superseded", 0, why, ""};
-    produced(r.path, client, base);
-    if (!cur && base != 0 && !successor(r.path, client, base)) {
+    uint32_t version = journal_state(r.path, created);
+    produced(r.path, client, base, version);
+    if (restored) {
       note_conflict({r.path, "", "update/delete", client, "client", uint64_t(time(nullptr))});
-      return {"conflict", journal_state(r.path, true), "restored: updated after a delete", ""};
+      return {"conflict", version, "restored: updated after a delete", ""};
     }
-    return {"accepted", journal_state(r.path, created), "", ""};
+    return {"accepted", version, "", ""};
   }
   // Both sides changed it.
   std::string kind = base == 0 ? "create/create" : "update/update";
@@ -374,8 +406,9 @@ Reintegrator::Outcome Reintegrator::unlink(KmlRecord& r, const std::string& clie
   }
   std::string why;
   if (!apply_record(r, &why)) return {"superseded", 0, why, ""};
-  produced(r.path, client, r.prevrec);
-  return {"accepted", journal_record(r), "", ""};
+  uint32_t recno = journal_record(r);
+  produced(r.path, client, r.prevrec, 0);
+  return {"accepted", recno, "", ""};
 }
 
 Reintegrator::Outcome Reintegrator::rmdir(KmlRecord& r, const std::string& client) {
@@ -420,7 +453,7 @@ Reintegrator::Outcome Reintegrator::rename(KmlRecord& r, const std::string& clie
     index_.put(r.target, fs);
   }
   // The client's index keeps the moved entry's base version.
-  produced(r.target, client, r.prevrec);
+  produced(r.target, client, r.prevrec, recno);
   return {"accepted", recno, "", ""};
 }
 
@@ -439,7 +472,7 @@ Reintegrator::Outcome Reintegrator::setattr(KmlRecord& r, const std::string& cli
     fs.version = recno;
     index_.put(r.path, fs);
   }
-  produced(r.path, client, r.prevrec);
+  produced(r.path, client, r.prevrec, recno);
   return {"accepted", recno, "", ""};
 }
 

@@ -44,8 +44,10 @@ class Reintegrator {
   // Applies `records` from `client` (host name for conflict copies). Returns
   // the JSON answer: {"results": [{"recno", "result", "server_recno",
   // "detail", "copy"}...]}. Journal and index are durable when it returns.
+  // `replica` names the client's copy of the fileset (its uuid; may be
+  // empty): clients sharing a token are still told apart.
   nlohmann::json reintegrate(std::vector<KmlRecord> records, const std::string& client,
-                             const std::string& host);
+                             const std::string& host, const std::string& replica);
 
   const std::vector<ConflictEntry>& conflicts() const { return conflicts_; }
   void load_conflicts();
@@ -83,7 +85,11 @@ class Reintegrator {
   bool successor(const std::string& path, const std::string& client, uint32_t base) const;
   bool base_ok(const FileState* cur, const std::string& path, const std::string& client,
                uint32_t base) const;
-  void produced(const std::string& path, const std::string& client, uint32_t base);
+  // Notes that the client's record with base `base` made version `version`
+  // of `path` (0: it deleted it); kept in the index, so that a server
+  // restart does not turn a successor into a conflict.
+  void produced(const std::string& path, const std::string& client, uint32_t base,
+                uint32_t version);
 
   const FilesetConfig& config_;
   const SafeRoot& root_;
@@ -92,10 +98,18 @@ class Reintegrator {
   ChangeTracker& tracker_;
   const FilesetDir& dir_;
   std::vector<ConflictEntry> conflicts_;
-  // path -> (client, base) of the client record that made its current
-  // version (in memory: after a server restart a successor is judged a
-  // conflict, which keeps both versions and loses nothing).
-  std::map<std::string, std::pair<std::string, uint32_t>> produced_;
+  // path -> the client record that made its current version.
+  struct Producer {
+    std::string client;
+    uint32_t base = 0;
+    uint32_t version = 0;
+  };
+  std::map<std::string, Producer> produced_;
+  std::string replica_;  // of the reintegration under way
+  // The client and replica a produced version is attributed to.
+  std::string producer_id(const std::string& client) const {
+    return replica_.empty() ? client : client + "/" + replica_;
+  }
 };
 
 }  // namespace intersync

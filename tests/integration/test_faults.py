@@ -231,10 +231,6 @@ def check_nothing_lost(root, writers):
     return problems
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open bug: after the server is killed -9 mid-workload, a client's last "
-    "rewrite of a file can be acknowledged without reaching the server "
-    "(seen in round 3); the file stays newer on that client"))
 def test_kill9_during_two_way_workload(cluster, tmp_path):
     rounds, ops_per_round = 21, 30
     rnd = random.Random(20240601)

@@ -181,3 +181,28 @@ def test_internal_directory_is_never_replicated(cluster):
     assert (c.root / ".intermezzo" / "docs" / "last_rcvd").stat().st_size == 56
     assert not any(".intersync-" in p.name for p in c.root.rglob("*"))
     assert ".intermezzo" not in tree_snapshot(c.root)
+
+
+def test_content_whose_local_copy_goes_away_in_the_same_batch_is_fetched(cluster):
+    # The client has `a`. While it is stopped the server renames `a` to `b`,
+    # deletes `b` and writes `c` with the same bytes: the client's batch
+    # plans to copy `c` from its local `a`, which the batch itself removes
+    # first; `c` must then come from the server.
+    root = cluster.server_root
+    data = os.urandom(300_000)
+    (root / "a").write_bytes(data)
+    cluster.start_server()
+    c = cluster.add_client()
+    cluster.wait_converged()
+    c.stop()
+    head = cluster.server.fileset("docs")["head"]
+    (root / "a").rename(root / "b")
+    wait_for(lambda: cluster.server.fileset("docs")["head"] > head, what="rename journaled")
+    head = cluster.server.fileset("docs")["head"]
+    (root / "b").unlink()
+    wait_for(lambda: cluster.server.fileset("docs")["head"] > head, what="unlink journaled")
+    (root / "c").write_bytes(data)
+    c.start()
+    cluster.wait_converged()
+    assert (c.root / "c").read_bytes() == data
+    assert not (c.root / "a").exists() and not (c.root / "b").exists()

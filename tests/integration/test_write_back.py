@@ -46,10 +46,6 @@ def test_clients_writing_at_once_converge(cluster):
     assert cluster.server.fileset("docs")["conflicts"] == 0
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open bug, intermittent: the second client sometimes skips the content of a "
-    "file renamed on the server right after it was created ('content ... no "
-    "longer available') and never gets it"))
 def test_renames_travel_as_renames(cluster):
     c1, c2 = start(cluster)
     (c1.root / "big").mkdir()
