@@ -249,7 +249,7 @@ class KmlBackend final : public Backend {
   std::optional<Anchor> anchor_;
   uint64_t next_ = 0;                   // logical offset where unread data starts
   std::optional<uint32_t> last_recno_;  // unknown after a lost position
-  uint64_t skip_until_ = 0;             // records before it are covered by a requested rescan
+  uint64_t skip_until_ = 0;             // records ending before it: covered by a rescan
   bool after_damage_ = false;
   std::string pending_loss_;  // a rescan the first read must ask for
 
@@ -551,7 +551,10 @@ KmlBackend::Step KmlBackend::read_once() {
     // problem at the record's own offset; it is checked here, across reads.
     if (pi < scan.problems.size() && scan.problems[pi].offset == entry.offset) ++pi;
     const uint32_t recno = entry.record.recno;
-    const bool covered = entry.offset < skip_until_;
+    const uint32_t len = load_u32(rest.data() + (entry.offset - rest_at));
+    // Only a record that was whole when the rescan was asked for is covered
+    // by it: one still being written then may describe a change made later.
+    const bool covered = entry.offset + len <= skip_until_;
     if (!covered && !after_damage_ && last_recno_ && recno != *last_recno_ + 1 && damage.empty()) {
       damage = fmt::format(
           "the KML '{}' has a gap: record {} at logical offset {} follows record {}{}", log_path_,
@@ -561,7 +564,6 @@ KmlBackend::Step KmlBackend::read_once() {
               : std::string(", out of order"));
     }
     after_damage_ = false;
-    const uint32_t len = load_u32(rest.data() + (entry.offset - rest_at));
     anchor_ = Anchor{entry.offset, recno, len};
     next_ = entry.offset + len;
     last_recno_ = recno;

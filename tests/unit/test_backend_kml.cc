@@ -685,6 +685,24 @@ TEST_CASE("kml: a log re-created under the saved position means a rescan", "[kml
   CHECK(f.host.described() == std::vector<std::string>{"Created 'new-4'"});
 }
 
+TEST_CASE("kml: a record half written when the rescan is asked for is still reported", "[kml]") {
+  Fixture f;
+  f.append(create("before"));
+  const std::string bytes = f.encode(create("during"));
+  f.write_raw(std::string_view(bytes).substr(0, 40));
+  // No position yet: the rescan covers "before", not the change that
+  // "during" will describe once it is whole.
+  start_fresh(f);
+  CHECK(f.host.events.empty());
+  f.write_raw(std::string_view(bytes).substr(40));
+  f.append(create("after"));
+  f.wait_events(2);
+  f.settle();
+  INFO(f.host.dump());
+  CHECK(f.host.described() == std::vector<std::string>{"Created 'during'", "Created 'after'"});
+  CHECK(f.host.rescans.empty());
+}
+
 TEST_CASE("kml: a gap in the recnos asks for a rescan and following goes on", "[kml]") {
   Fixture f;
   start_fresh(f);
