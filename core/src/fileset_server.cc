@@ -321,7 +321,7 @@ void FilesetServer::serve_contents(const std::string& body, std::shared_ptr<Resp
           std::string data;
           bool ok = false;
           if (!path.empty()) {
-            int fd = openat(j->root_fd, path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+            int fd = open_beneath_at(j->root_fd, path, O_RDONLY | O_NOFOLLOW);
             if (fd >= 0) {
               data.resize(size + 1);
               size_t got = 0;
