@@ -146,12 +146,16 @@ Status Daemon::start_filesets() {
     server_listener_[f.name] = key;
     servers_.push_back(std::move(server));
   }
-  return {};
+  if (servers_.empty()) return {};
+  relay_ = std::make_unique<RelaySocket>(&loop_, config_.relay_socket);
+  for (auto& s : servers_) relay_->router().add(s.get());
+  return relay_->open();
 }
 
 void Daemon::stop_filesets() {
   for (auto& c : clients_) c->stop();
   clients_.clear();
+  relay_.reset();
   for (auto& [key, l] : listeners_) l.transport->stop();
   for (auto& s : servers_) s->stop();
   servers_.clear();
@@ -316,6 +320,9 @@ nlohmann::json Daemon::status() const {
       f["listen"] = l.address;
       f["transport"] = s->config().transport;
       f["peers"] = l.router->peers(s->config().name);
+    }
+    if (relay_) {
+      for (auto& p : relay_->router().peers(s->config().name)) f["peers"].push_back(p);
     }
     j["filesets"].push_back(std::move(f));
   }
