@@ -11,6 +11,7 @@
 
 #include "intersync/log.h"
 #include "intersync_build_config.h"
+#include "json_text.h"
 
 namespace intersync {
 namespace {
@@ -277,7 +278,7 @@ void Daemon::on_control_request(const std::string& line, std::string* reply) {
                         ? req["cmd"].get<std::string>()
                         : std::string();
   if (cmd == "status") {
-    *reply = status().dump();
+    *reply = json_text(status());
   } else if (cmd == "conflicts") {
     nlohmann::json list = nlohmann::json::array();
     for (const auto& s : servers_) {
@@ -286,7 +287,7 @@ void Daemon::on_control_request(const std::string& line, std::string* reply) {
     for (const auto& c : clients_) {
       for (auto& e : c->conflicts()) list.push_back(e);
     }
-    *reply = nlohmann::json{{"conflicts", list}}.dump();
+    *reply = json_text(nlohmann::json{{"conflicts", list}});
   } else if (cmd == "confirm") {
     std::string fset = req.value("fileset", "");
     bool found = false, held = false;

@@ -13,6 +13,7 @@
 #include "intersync/log.h"
 #include "intersync/uv_timer.h"
 #include "intersync_build_config.h"
+#include "json_text.h"
 #include "protocol.h"
 
 namespace intersync {
@@ -467,8 +468,9 @@ void FilesetServer::serve_reintegrate(HttpRequest& request, const std::string& c
   std::string host(request.head.headers.get("X-Intersync-Host").value_or(client));
   nlohmann::json answer = reintegrator_->reintegrate(std::move(records), client, host);
   wake_waiters();
-  if (answer.contains("error")) return respond(*w, 503, answer.dump() + "\n", "application/json");
-  respond(*w, 200, answer.dump() + "\n", "application/json");
+  if (answer.contains("error"))
+    return respond(*w, 503, json_text(answer) + "\n", "application/json");
+  respond(*w, 200, json_text(answer) + "\n", "application/json");
 }
 
 void FilesetServer::serve_manifest(const std::string& hex, std::shared_ptr<ResponseWriter> w) {
