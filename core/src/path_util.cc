@@ -124,8 +124,8 @@ Result<UniqueFd> SafeRoot::open_beneath(std::string_view rel, int flags, mode_t 
   int fd = open_beneath_at(root_.get(), rel, flags, mode);
   if (fd < 0) {
     int e = errno;
-    return make_error(-e, path_ + "/" + (rel.empty() ? std::string(".") : std::string(rel)) +
-                              ": " + strerror(e));
+    return make_error(
+        -e, path_ + "/" + (rel.empty() ? std::string(".") : std::string(rel)) + ": " + strerror(e));
   }
   return UniqueFd(fd);
 }
