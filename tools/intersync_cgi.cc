@@ -2,9 +2,10 @@
 // (Apache's ScriptAlias, lighttpd's mod_cgi), as the original InterSync was.
 //
 // It owns no state: for each request it reads the configuration (env
-// INTERSYNC_CONFIG, default /etc/intersync.yaml), connects to the listener
-// of the running daemon that serves the fileset named in PATH_INFO, relays
-// the request as HTTP/1.1 and writes the daemon's answer back as a CGI
+// INTERSYNC_CONFIG, default /etc/intersync.yaml), connects to the relay
+// socket of the running daemon (relay_socket.h: a unix socket serving every
+// server fileset, whatever its listener speaks, TLS included), relays the
+// request as HTTP/1.1 and writes the daemon's answer back as a CGI
 // response. The daemon keeps its journal, index and authentication to
 // itself, so CGI requests and its own listener can never disagree about
 // the fileset's state; the bearer token simply travels through.
@@ -13,13 +14,12 @@
 // fixed buffer is enough: bodies of any size stream through without being
 // held in memory, and a long-poll just waits for the daemon's answer.
 //
-//   PATH_INFO=/<fset>/<endpoint>  ->  <listen>/cgi-bin/intersync/<fset>/<endpoint>?QUERY_STRING
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
+//   PATH_INFO=/<fset>/<endpoint>  ->  <relay_socket>:
+//   /cgi-bin/intersync/<fset>/<endpoint>?QUERY_STRING
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -42,7 +42,6 @@ using namespace intersync;
 namespace {
 
 constexpr size_t kBufferSize = 64 * 1024;
-constexpr int kConnectTimeoutSeconds = 10;
 // The daemon answers a long-poll within kMaxWaitSeconds; silence well past
 // that means it is stuck, and the web server's worker should be let go.
 constexpr int kIoTimeoutSeconds = protocol::kMaxWaitSeconds + 30;
@@ -140,63 +139,37 @@ std::string sanitize_query(std::string_view q) {
   return out;
 }
 
-std::string format_endpoint(const std::string& host, uint16_t port) {
-  if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);
-  return host + ":" + std::to_string(port);
-}
-
-// A listener on the wildcard address is reached on loopback: the daemon is
-// on this machine, and loopback needs no route or firewall rule.
-std::string local_host(const std::string& listen_host) {
-  if (listen_host == "0.0.0.0" || listen_host.empty()) return "127.0.0.1";
-  if (listen_host == "::") return "::1";
-  return listen_host;
-}
-
 void set_timeout(int fd, int option, int seconds) {
   timeval tv{};
   tv.tv_sec = seconds;
   (void)setsockopt(fd, SOL_SOCKET, option, &tv, sizeof tv);
 }
 
-// Connects to host:port, every address in turn. Returns the socket, or -1
-// with *error naming why the last address failed.
-int connect_to(const std::string& host, uint16_t port, std::string* error) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo* res = nullptr;
-  std::string service = std::to_string(port);
-  if (int rc = getaddrinfo(host.c_str(), service.c_str(), &hints, &res); rc != 0) {
-    *error = gai_strerror(rc);
+// Connects to the daemon's relay socket. Returns the socket, or -1 with
+// *error naming why.
+int connect_to(const std::string& path, std::string* error) {
+  sockaddr_un addr{};
+  if (path.size() >= sizeof addr.sun_path) {
+    *error = "the path is too long for a unix socket";
     return -1;
   }
-  int fd = -1;
-  *error = "no address";
-  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-    if (fd < 0) {
-      *error = std::strerror(errno);
-      continue;
-    }
-    // On Linux SO_SNDTIMEO bounds a blocking connect() too.
-    set_timeout(fd, SO_SNDTIMEO, kConnectTimeoutSeconds);
-    int rc;
-    do {
-      rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
-    } while (rc < 0 && errno == EINTR);
-    if (rc == 0) break;
-    *error = errno == EINPROGRESS ? "connection timed out" : std::strerror(errno);
-    ::close(fd);
-    fd = -1;
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *error = std::strerror(errno);
+    return -1;
   }
-  freeaddrinfo(res);
-  if (fd >= 0) {
-    int one = 1;
-    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    set_timeout(fd, SO_SNDTIMEO, kIoTimeoutSeconds);
-    set_timeout(fd, SO_RCVTIMEO, kIoTimeoutSeconds);
+  set_timeout(fd, SO_SNDTIMEO, kIoTimeoutSeconds);
+  set_timeout(fd, SO_RCVTIMEO, kIoTimeoutSeconds);
+  int rc;
+  do {
+    rc = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  } while (rc < 0 && errno == EINTR);
+  if (rc < 0) {
+    *error = std::strerror(errno);
+    ::close(fd);
+    return -1;
   }
   return fd;
 }
@@ -455,31 +428,17 @@ int run() {
   }
   // The same answer the daemon gives for a fileset it does not serve.
   if (fs == nullptr) return answer(404, "no such fileset\n");
-  std::string host = local_host(fs->listen_host);
-  std::string where = format_endpoint(host, fs->listen_port);
-  if (fs->listen_port == 0) {
-    return answer(503, "intersync.cgi: fileset '" + fs->name +
-                           "' listens on port 0 (a port chosen at each start); give it a fixed "
-                           "port in 'listen' to serve it through CGI\n");
-  }
-
-  // The relay speaks plain HTTP on the loopback; TLS belongs to the web
-  // server in front. A TLS listener would answer our request with an alert.
-  if (fs->transport == "http" && fs->transport_node.has("tls")) {
-    return answer(503, "intersync.cgi: fileset '" + fs->name + "' listens with TLS at " + where +
-                           "; intersync.cgi relays plain HTTP: serve the fileset on a plain "
-                           "loopback listener and let the web server do TLS\n");
-  }
-
+  const std::string& relay = config->relay_socket;
+  std::string where = "relay socket " + relay;
   std::string error;
-  int sock = connect_to(host, fs->listen_port, &error);
+  int sock = connect_to(relay, &error);
   if (sock < 0) {
     std::fprintf(stderr, "intersync.cgi: fileset '%s': the intersync daemon at %s: %s\n",
                  fs->name.c_str(), where.c_str(), error.c_str());
     return answer(503, "intersync.cgi: the intersync daemon for fileset '" + fs->name +
-                           "' is not reachable at " + where + ": " + error + "\n");
+                           "' is not reachable at its " + where + ": " + error + "\n");
   }
-  req.head.headers.set("Host", where);
+  req.head.headers.set("Host", "localhost");
 
   static char buf[kBufferSize];
   std::string head = http_serialize(req.head);

@@ -85,7 +85,7 @@ namespace {
 
 // Hashes r->path relative to root_fd (blocking), recording the stat after.
 void hash_file(ChangeTracker::HashResult* r, int root_fd) {
-  int fd = openat(root_fd, r->path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  int fd = open_beneath_at(root_fd, r->path, O_RDONLY | O_NOFOLLOW);
   if (fd < 0) {
     r->manifest = errno_error(r->path + ": " + strerror(errno));
     return;
@@ -114,8 +114,7 @@ ChangeTracker::~ChangeTracker() {
 }
 
 bool ChangeTracker::stat_path(const std::string& path, struct stat* st) const {
-  const char* p = path.empty() ? "." : path.c_str();
-  return fstatat(root_.fd(), p, st, AT_SYMLINK_NOFOLLOW) == 0;
+  return root_.lstat(path, st) == 0;
 }
 
 void ChangeTracker::push(Item item, bool front) {
@@ -326,9 +325,8 @@ void ChangeTracker::reconcile(const std::string& path) {
     case FileType::Dir:
     case FileType::Symlink: {
       if (idx->type == FileType::Symlink) {
-        char buf[4096];
-        ssize_t n = readlinkat(root_.fd(), path.c_str(), buf, sizeof buf);
-        if (n >= 0 && std::string(buf, static_cast<size_t>(n)) != idx->target) {
+        auto target = root_.read_link(path);
+        if (target && *target != idx->target) {
           journal_removal(path);
           journal_new(path, st);
           return;
@@ -390,10 +388,9 @@ void ChangeTracker::journal_new(const std::string& path, const struct stat& st) 
   }
   FileState fs = state_of(st);
   if (S_ISLNK(st.st_mode)) {
-    char buf[4096];
-    ssize_t n = readlinkat(root_.fd(), path.c_str(), buf, sizeof buf);
-    if (n < 0) return;  // vanished meanwhile: a Deleted event follows
-    fs.target.assign(buf, static_cast<size_t>(n));
+    auto target = root_.read_link(path);
+    if (!target) return;  // vanished meanwhile: a Deleted event follows
+    fs.target = std::move(*target);
     KmlRecord r;
     r.opcode = KmlOp::Symlink;
     r.path = path;

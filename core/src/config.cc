@@ -401,7 +401,7 @@ Result<Config> parse_config(const YAML::Node& root, const std::string& file) {
     return top.error("the configuration must be a mapping with a 'filesets' list");
   }
   if (auto st = top.expect_map({"state_dir", "plugin_dir", "log", "log_level", "pid_file",
-                                "control_socket", "filesets"});
+                                "control_socket", "relay_socket", "filesets"});
       !st) {
     return st.error();
   }
@@ -424,6 +424,10 @@ Result<Config> parse_config(const YAML::Node& root, const std::string& file) {
                          top.get_string("control_socket", cfg.state_dir + "/control.sock"));
   if (!socket) return socket.error();
   cfg.control_socket = *socket;
+  auto relay =
+      absolute(top, "relay_socket", top.get_string("relay_socket", cfg.state_dir + "/relay.sock"));
+  if (!relay) return relay.error();
+  cfg.relay_socket = *relay;
 
   if (!top.has("filesets")) return top.error("missing key 'filesets': list at least one fileset");
   ConfigNode filesets = top.child("filesets", "filesets");

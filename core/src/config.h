@@ -63,6 +63,7 @@ struct Config {
   LogLevel log_level = LogLevel::Info;
   std::string pid_file;        // default <state_dir>/intersyncd.pid
   std::string control_socket;  // default <state_dir>/control.sock
+  std::string relay_socket;    // default <state_dir>/relay.sock; see relay_socket.h
   std::vector<FilesetConfig> filesets;
 };
 

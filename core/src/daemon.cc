@@ -11,6 +11,7 @@
 
 #include "intersync/log.h"
 #include "intersync_build_config.h"
+#include "json_text.h"
 
 namespace intersync {
 namespace {
@@ -170,12 +171,16 @@ Status Daemon::start_filesets() {
     server_listener_[f.name] = key;
     servers_.push_back(std::move(server));
   }
-  return {};
+  if (servers_.empty()) return {};
+  relay_ = std::make_unique<RelaySocket>(&loop_, config_.relay_socket);
+  for (auto& s : servers_) relay_->router().add(s.get());
+  return relay_->open();
 }
 
 void Daemon::stop_filesets() {
   for (auto& c : clients_) c->stop();
   clients_.clear();
+  relay_.reset();
   for (auto& [key, l] : listeners_) l.transport->stop();
   for (auto& s : servers_) s->stop();
   servers_.clear();
@@ -291,7 +296,7 @@ void Daemon::on_control_request(const std::string& line,
                         ? req["cmd"].get<std::string>()
                         : std::string();
   if (cmd == "status") {
-    respond(status().dump());
+    respond(json_text(status()));
   } else if (cmd == "conflicts") {
     nlohmann::json list = nlohmann::json::array();
     for (const auto& s : servers_) {
@@ -300,7 +305,7 @@ void Daemon::on_control_request(const std::string& line,
     for (const auto& c : clients_) {
       for (auto& e : c->conflicts()) list.push_back(e);
     }
-    respond(nlohmann::json{{"conflicts", list}}.dump());
+    respond(json_text(nlohmann::json{{"conflicts", list}}));
   } else if (cmd == "confirm") {
     std::string fset = req.value("fileset", "");
     bool found = false, held = false;
@@ -334,6 +339,9 @@ nlohmann::json Daemon::status() const {
       f["listen"] = l.address;
       f["transport"] = s->config().transport;
       f["peers"] = l.router->peers(s->config().name);
+    }
+    if (relay_) {
+      for (auto& p : relay_->router().peers(s->config().name)) f["peers"].push_back(p);
     }
     j["filesets"].push_back(std::move(f));
   }

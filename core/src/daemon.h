@@ -17,6 +17,7 @@
 #include "fileset_client.h"
 #include "fileset_server.h"
 #include "plugin_loader.h"
+#include "relay_socket.h"
 #include "request_router.h"
 
 namespace intersync {
@@ -58,6 +59,7 @@ class Daemon {
   std::vector<std::unique_ptr<FilesetServer>> servers_;
   std::vector<std::unique_ptr<FilesetClient>> clients_;
   std::map<std::string, std::string> server_listener_;  // fset -> listener key
+  std::unique_ptr<RelaySocket> relay_;                  // while there are server filesets
   uv_signal_t sigterm_{}, sigint_{}, sighup_{};
   uv_pipe_t* control_ = nullptr;
   uint64_t started_at_ = 0;

@@ -15,6 +15,7 @@
 #include <random>
 
 #include "intersync/log.h"
+#include "json_text.h"
 #include "protocol.h"
 #include "record_applier.h"
 
@@ -1006,7 +1007,7 @@ void FilesetClient::on_reintegrated(std::shared_ptr<UploadPlan> plan, const std:
   }
   reintegrated_ = plan->last;
   index_->set_meta("reintegrated", std::to_string(reintegrated_));
-  index_->set_meta("conflicts", conflicts_.dump());
+  index_->set_meta("conflicts", json_text(conflicts_));
   if (Status s = index_->commit(); !s) set_error(s.error().message);
   log_info("fileset '{}': reintegrated local records up to {} ({} accepted, {} conflicts)",
            config_.name, reintegrated_, accepted, conflicts);

@@ -13,6 +13,7 @@
 #include "intersync/log.h"
 #include "intersync/uv_timer.h"
 #include "intersync_build_config.h"
+#include "json_text.h"
 #include "protocol.h"
 
 namespace intersync {
@@ -326,7 +327,7 @@ void FilesetServer::serve_contents(const std::string& body, std::shared_ptr<Resp
           std::string data;
           bool ok = false;
           if (!path.empty()) {
-            int fd = openat(j->root_fd, path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+            int fd = open_beneath_at(j->root_fd, path, O_RDONLY | O_NOFOLLOW);
             if (fd >= 0) {
               data.resize(size + 1);
               size_t got = 0;
@@ -478,8 +479,9 @@ void FilesetServer::serve_reintegrate(HttpRequest& request, const std::string& c
   nlohmann::json answer =
       reintegrator_->reintegrate(std::move(records), client, host, replica);
   wake_waiters();
-  if (answer.contains("error")) return respond(*w, 503, answer.dump() + "\n", "application/json");
-  respond(*w, 200, answer.dump() + "\n", "application/json");
+  if (answer.contains("error"))
+    return respond(*w, 503, json_text(answer) + "\n", "application/json");
+  respond(*w, 200, json_text(answer) + "\n", "application/json");
 }
 
 void FilesetServer::serve_manifest(const std::string& hex, std::shared_ptr<ResponseWriter> w) {

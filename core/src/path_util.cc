@@ -115,14 +115,36 @@ Result<UniqueFd> SafeRoot::open_parent(std::string_view rel, std::string* name) 
   return open_beneath(parent, O_PATH | O_DIRECTORY);
 }
 
-Result<UniqueFd> SafeRoot::open_beneath(std::string_view rel, int flags, mode_t mode) const {
+int open_beneath_at(int root_fd, std::string_view rel, int flags, mode_t mode) {
   std::string p = rel.empty() ? std::string(".") : std::string(rel);
-  long fd = sys_openat2(root_.get(), p.c_str(), flags | O_CLOEXEC, mode, kResolveSafe);
+  return static_cast<int>(sys_openat2(root_fd, p.c_str(), flags | O_CLOEXEC, mode, kResolveSafe));
+}
+
+Result<UniqueFd> SafeRoot::open_beneath(std::string_view rel, int flags, mode_t mode) const {
+  int fd = open_beneath_at(root_.get(), rel, flags, mode);
   if (fd < 0) {
     int e = errno;
-    return make_error(-e, path_ + "/" + p + ": " + strerror(e));
+    return make_error(
+        -e, path_ + "/" + (rel.empty() ? std::string(".") : std::string(rel)) + ": " + strerror(e));
   }
-  return UniqueFd(static_cast<int>(fd));
+  return UniqueFd(fd);
+}
+
+int SafeRoot::lstat(std::string_view rel, struct stat* st) const {
+  int fd = open_beneath_at(root_.get(), rel, O_PATH | O_NOFOLLOW);
+  if (fd < 0) return -errno;
+  int rc = fstat(fd, st) == 0 ? 0 : -errno;
+  ::close(fd);
+  return rc;
+}
+
+Result<std::string> SafeRoot::read_link(std::string_view rel) const {
+  auto fd = open_beneath(rel, O_PATH | O_NOFOLLOW);
+  if (!fd) return fd.error();
+  char buf[4096];
+  ssize_t n = readlinkat(fd->get(), "", buf, sizeof buf);
+  if (n < 0) return errno_error(path_ + "/" + std::string(rel) + ": " + strerror(errno));
+  return std::string(buf, static_cast<size_t>(n));
 }
 
 }  // namespace intersync

@@ -7,6 +7,8 @@
 // planted inside the fileset.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <string>
 #include <string_view>
 
@@ -35,6 +37,12 @@ std::string join_rel(std::string_view dir, std::string_view name);  // "" + "x" 
 // True if `path` equals `dir` or lies beneath it ("" is above everything).
 bool is_same_or_under(std::string_view path, std::string_view dir);
 
+// openat2(root_fd, rel, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS): `rel`
+// itself, never through a symlink, for jobs on the thread pool that hold a
+// dup of a root's fd. Returns the fd, or -1 with errno set. With O_PATH |
+// O_NOFOLLOW a symlink as the last component is opened itself.
+int open_beneath_at(int root_fd, std::string_view rel, int flags, mode_t mode = 0);
+
 // An open fileset root. Operations take canonical relative paths.
 class SafeRoot {
  public:
@@ -49,6 +57,11 @@ class SafeRoot {
   Result<UniqueFd> open_parent(std::string_view rel, std::string* name) const;
   // Opens `rel` itself (O_PATH unless flags say otherwise) beneath the root.
   Result<UniqueFd> open_beneath(std::string_view rel, int flags, mode_t mode = 0) const;
+  // lstat() and readlink() of `rel` beneath the root, no symlink followed
+  // on the way (fstatat and readlinkat follow those of the parent path).
+  // lstat returns 0 or -errno.
+  int lstat(std::string_view rel, struct stat* st) const;
+  Result<std::string> read_link(std::string_view rel) const;
 
  private:
   UniqueFd root_;

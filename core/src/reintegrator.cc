@@ -9,6 +9,7 @@
 #include <ctime>
 
 #include "intersync/log.h"
+#include "json_text.h"
 #include "protocol.h"
 #include "record_applier.h"
 
@@ -79,7 +80,7 @@ void Reintegrator::note_conflict(ConflictEntry c) {
                  {"winner", e.winner},
                  {"time", e.time}});
   }
-  index_.set_meta("conflicts", j.dump());
+  index_.set_meta("conflicts", json_text(j));
 }
 
 std::string Reintegrator::conflict_copy_name(const std::string& path,

@@ -1,19 +1,12 @@
 // The byte relay behind `intersyncd --serve-stdio`: stdin and stdout become
 // ByteStreams (pipes, a socket or a terminal, whatever sshd handed over),
-// the daemon's listener a third, and each direction forwards what it reads
-// with back-pressure: past a high-water mark of unwritten bytes, reading
-// stops until the other side has taken them.
+// the daemon's relay socket a third, and each direction forwards what it
+// reads with back-pressure: past a high-water mark of unwritten bytes,
+// reading stops until the other side has taken them.
 #include "stdio_relay.h"
 
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
-
 #include <cstdio>
-#include <cstring>
-#include <nlohmann/json.hpp>
 
-#include "intersync/net_address.h"
 #include "intersync/uv_handle.h"
 #include "intersync/uv_stream.h"
 
@@ -22,60 +15,6 @@ namespace {
 
 constexpr size_t kHighWater = 1 << 20;
 constexpr size_t kLowWater = 256 << 10;
-constexpr int kControlTimeoutSeconds = 10;
-
-// A listener on a wildcard address is reached on loopback: the relay runs
-// on the daemon's machine.
-std::string local_host(const std::string& listen_host) {
-  std::string host = strip_brackets(listen_host);
-  if (host.empty() || host == "0.0.0.0" || host == "localhost") return "127.0.0.1";
-  if (host == "::") return "::1";
-  return host;
-}
-
-// Asks the daemon's control socket which address the fileset's listener
-// was bound to.
-Result<std::string> bound_listener(const Config& config, const std::string& fset) {
-  std::string socket_path = config.control_socket;
-  auto unreachable = [&](const std::string& why) {
-    return make_error(-ECONNREFUSED, "fileset '" + fset + "' listens on port 0, and the daemon's " +
-                                         "control socket " + socket_path + " cannot tell the " +
-                                         "port: " + why + " (is intersyncd running?)");
-  };
-  sockaddr_un addr{};
-  if (socket_path.size() >= sizeof addr.sun_path) return unreachable("path too long");
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return unreachable(std::strerror(errno));
-  timeval timeout{kControlTimeoutSeconds, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
-  std::string reply;
-  std::string request = "{\"cmd\":\"status\"}\n";
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      ::write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
-    int err = errno;
-    ::close(fd);
-    return unreachable(std::strerror(err));
-  }
-  char buf[4096];
-  while (reply.find('\n') == std::string::npos) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    reply.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  auto status = nlohmann::json::parse(reply, nullptr, false);
-  if (status.is_discarded() || !status.contains("filesets")) return unreachable("no status");
-  for (const auto& f : status["filesets"]) {
-    if (f.value("name", "") == fset && f.contains("listen") && f["listen"].is_string()) {
-      return f["listen"].get<std::string>();
-    }
-  }
-  return unreachable("the daemon does not serve it");
-}
 
 Result<std::shared_ptr<ByteStream>> open_stdio(uv_loop_t* loop, int fd, bool input) {
   const char* name = input ? "stdin" : "stdout";
@@ -184,19 +123,20 @@ class Relay {
   bool finished_ = false;
 };
 
-// Connects `tcp` to `addr`, running the loop until it is done.
-int connect_now(uv_loop_t* loop, UvHandle<uv_tcp_t>& tcp, const sockaddr* addr) {
+// Connects `pipe` to the unix socket `path`, running the loop until it is
+// done.
+int connect_now(uv_loop_t* loop, UvHandle<uv_pipe_t>& pipe, const std::string& path) {
   struct Connect {
     uv_connect_t req;
     int status = 0;
   } connect;
-  int rc = tcp.init(loop, nullptr, uv_tcp_init);
+  int rc =
+      pipe.init(loop, nullptr, [](uv_loop_t* l, uv_pipe_t* p) { return uv_pipe_init(l, p, 0); });
   if (rc < 0) return rc;
   connect.req.data = &connect;
-  rc = uv_tcp_connect(&connect.req, tcp.get(), addr, [](uv_connect_t* req, int status) {
+  uv_pipe_connect(&connect.req, pipe.get(), path.c_str(), [](uv_connect_t* req, int status) {
     static_cast<Connect*>(req->data)->status = status;
   });
-  if (rc < 0) return rc;
   uv_run(loop, UV_RUN_DEFAULT);
   return connect.status;
 }
@@ -225,60 +165,33 @@ int relay_stdio(uv_loop_t* loop, std::shared_ptr<ByteStream> daemon) {
 
 }  // namespace
 
-Result<std::pair<std::string, uint16_t>> stdio_relay_target(const Config& config,
-                                                            const std::string& fset) {
+int serve_stdio(const Config& config, const std::string& fset) {
   const FilesetConfig* found = nullptr;
   for (const auto& f : config.filesets) {
     if (f.name == fset) found = &f;
   }
-  if (!found) return make_error(-ENOENT, "no fileset '" + fset + "' in " + config.file);
-  if (found->role != Role::Server) {
-    return make_error(-EINVAL, "fileset '" + fset + "' in " + config.file +
-                                   " is a client; --serve-stdio relays to a server fileset");
-  }
-  if (found->listen_port != 0) {
-    return std::pair{local_host(found->listen_host), found->listen_port};
-  }
-  auto bound = bound_listener(config, fset);
-  if (!bound) return bound.error();
-  auto host_port = parse_host_port(*bound, 0);
-  if (!host_port || host_port->second == 0) {
-    return make_error(-EPROTO, "the daemon reports fileset '" + fset + "' listening on '" + *bound +
-                                   "', which is not host:port");
-  }
-  return std::pair{local_host(host_port->first), host_port->second};
-}
-
-int serve_stdio(const Config& config, const std::string& fset) {
-  auto target = stdio_relay_target(config, fset);
-  if (!target) {
-    std::fprintf(stderr, "intersyncd: %s\n", target.error().message.c_str());
+  if (!found || found->role != Role::Server) {
+    std::fprintf(stderr, "intersyncd: %s\n",
+                 (found ? "fileset '" + fset + "' in " + config.file +
+                              " is a client; --serve-stdio relays to a server fileset"
+                        : "no fileset '" + fset + "' in " + config.file)
+                     .c_str());
     return 1;
   }
-  std::string where = format_endpoint(target->first, target->second);
-  sockaddr_storage addr{};
-  if (uv_ip4_addr(target->first.c_str(), target->second, reinterpret_cast<sockaddr_in*>(&addr)) !=
-          0 &&
-      uv_ip6_addr(target->first.c_str(), target->second, reinterpret_cast<sockaddr_in6*>(&addr)) !=
-          0) {
-    std::fprintf(stderr, "intersyncd: fileset '%s' listens on %s, which is not an IP address\n",
-                 fset.c_str(), where.c_str());
-    return 1;
-  }
-
+  const std::string& path = config.relay_socket;
   uv_loop_t loop;
   uv_loop_init(&loop);
   int exit_status = 1;
   {
-    UvHandle<uv_tcp_t> tcp;
-    int rc = connect_now(&loop, tcp, reinterpret_cast<sockaddr*>(&addr));
+    UvHandle<uv_pipe_t> pipe;
+    int rc = connect_now(&loop, pipe, path);
     if (rc < 0) {
       std::fprintf(stderr,
-                   "intersyncd: cannot reach the running daemon's listener for fileset '%s' at "
-                   "%s: %s (is intersyncd running?)\n",
-                   fset.c_str(), where.c_str(), uv_strerror(rc));
+                   "intersyncd: cannot reach the running daemon for fileset '%s' at its relay "
+                   "socket %s: %s (is intersyncd running?)\n",
+                   fset.c_str(), path.c_str(), uv_strerror(rc));
     } else {
-      exit_status = relay_stdio(&loop, UvStream::adopt(std::move(tcp), where));
+      exit_status = relay_stdio(&loop, UvStream::adopt(std::move(pipe), path));
     }
   }
   uv_run(&loop, UV_RUN_DEFAULT);  // close callbacks

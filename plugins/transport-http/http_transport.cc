@@ -9,11 +9,11 @@
 //     tls: {cert: server.pem, key: server.key}   # a server
 //     tls: {ca: ca.pem}                          # a client verifying the server's chain and name
 //     tls: {fingerprint: 3a:5f:...}              # a client pinning the server's certificate
-//     plain: true                                # no TLS, and no warning about it
+//     plain: true                                # no TLS: tokens and files travel in clear
 //
-// TLS is opt-in so that existing configurations keep working; a listener or
-// a client using plain HTTP beyond the loopback interface logs a warning
-// unless `plain: true` says it is meant.
+// A fileset using this transport has one or the other: plain HTTP only when
+// the configuration says so, on loopback too; without either, configure()
+// refuses, naming the file, line and column.
 #include <fmt/format.h>
 
 #include <filesystem>
@@ -84,31 +84,15 @@ class HttpTransport final : public Transport {
     server_tls_.reset();
     client_tls_.reset();
     plain_ = false;
-    if (!node.defined()) return Status::Ok();
-    if (Status status = node.expect_map({"max_connections", "idle_timeout", "tls", "plain"});
-        !status) {
-      return status;
-    }
-    if (node.has("max_connections")) {
-      auto value = node.get_int("max_connections", 4, 1, 64);
-      if (!value) return value.error();
-      max_connections_ = static_cast<unsigned>(*value);
-    }
-    if (node.has("idle_timeout")) {
-      auto value = node.get_int("idle_timeout", 60, 1, 24 * 3600);
-      if (!value) return value.error();
-      idle_timeout_s_ = static_cast<unsigned>(*value);
-    }
-    auto plain = node.get_bool("plain", false);
-    if (!plain) return plain.error();
-    plain_ = *plain;
-    if (node.has("tls")) {
-      if (plain_) {
-        return node.error_at("plain", "'plain: true' in " + what_ + " contradicts its 'tls'");
-      }
-      if (Status status = configure_tls(node); !status) return status;
-    } else if (node.has("plain") && !plain_) {
-      return node.error_at("plain", "'plain: false' in " + what_ + " needs 'tls' settings");
+    if (Status status = configure_settings(node); !status) return status;
+    if (!server_tls_ && !client_tls_ && !plain_) {
+      return node.error_at(
+          "plain", what_ +
+                       " have no 'tls': plain HTTP is refused unless the configuration says "
+                       "so. Add 'tls: {cert: FILE, key: FILE}' (a server), 'tls: {ca: FILE}' or "
+                       "'tls: {fingerprint: SHA256}' (a client) under 'http:' to encrypt, or "
+                       "'plain: true' there to accept that bearer tokens and file contents "
+                       "cross the network unencrypted");
     }
     return Status::Ok();
   }
@@ -140,8 +124,7 @@ class HttpTransport final : public Transport {
       return make_error(rc, fmt::format("http: cannot listen on {}: {}", where, uv_strerror(rc)));
     }
     std::string address = format_address(reinterpret_cast<sockaddr*>(&bound));
-    log_info("http: listening on {}{}", address, server_tls_ ? " (TLS)" : "");
-    if (!server_tls_) warn_plain(host, "listening on " + address, "tls: {cert: FILE, key: FILE}");
+    log_info("http: listening on {} ({})", address, server_tls_ ? "TLS" : "plain HTTP");
     return address;
   }
 
@@ -156,10 +139,6 @@ class HttpTransport final : public Transport {
                                                  strip_brackets(target.host));
     } else if (server_tls_) {
       connector = std::make_shared<MisconfiguredConnector>(connector->endpoint());
-    } else if (!warned_client_) {
-      warned_client_ = true;
-      warn_plain(target.host, "connecting to " + connector->endpoint(),
-                 "tls: {ca: FILE} or tls: {fingerprint: SHA256}");
     }
     return std::make_unique<HttpClientSession>(loop, std::move(effective), std::move(connector));
   }
@@ -177,6 +156,35 @@ class HttpTransport final : public Transport {
   size_t connection_count() const override { return connections_.size(); }
 
  private:
+  // The keys of the `http:` subtree, when there is one.
+  Status configure_settings(const ConfigNode& node) {
+    if (!node.defined()) return Status::Ok();
+    if (Status status = node.expect_map({"max_connections", "idle_timeout", "tls", "plain"});
+        !status) {
+      return status;
+    }
+    if (node.has("max_connections")) {
+      auto value = node.get_int("max_connections", 4, 1, 64);
+      if (!value) return value.error();
+      max_connections_ = static_cast<unsigned>(*value);
+    }
+    if (node.has("idle_timeout")) {
+      auto value = node.get_int("idle_timeout", 60, 1, 24 * 3600);
+      if (!value) return value.error();
+      idle_timeout_s_ = static_cast<unsigned>(*value);
+    }
+    auto plain = node.get_bool("plain", false);
+    if (!plain) return plain.error();
+    plain_ = *plain;
+    if (node.has("tls")) {
+      if (plain_) {
+        return node.error_at("plain", "'plain: true' in " + what_ + " contradicts its 'tls'");
+      }
+      if (Status status = configure_tls(node); !status) return status;
+    }
+    return Status::Ok();
+  }
+
   Status configure_tls(const ConfigNode& node) {
     ConfigNode tls = node.child("tls", "'tls' in " + what_);
     if (!tls.defined() || !tls.yaml().IsMap()) {
@@ -236,15 +244,6 @@ class HttpTransport final : public Transport {
     return Status::Ok();
   }
 
-  void warn_plain(const std::string& host, const std::string& doing,
-                  const std::string& advice) const {
-    if (plain_ || is_loopback_host(host)) return;
-    log_warn(
-        "http: {} in plain HTTP{}: bearer tokens and file contents cross the network "
-        "unencrypted; add {}, or plain: true if this is meant",
-        doing, what_.empty() ? std::string() : " (" + what_ + ")", advice);
-  }
-
   static void on_connection(uv_stream_t* server, int status) {
     auto* transport = static_cast<HttpTransport*>(server->data);
     if (!transport) return;
@@ -290,7 +289,6 @@ class HttpTransport final : public Transport {
   std::shared_ptr<TlsContext> server_tls_;
   std::shared_ptr<TlsContext> client_tls_;
   bool plain_ = false;
-  bool warned_client_ = false;
   uv_loop_t* loop_ = nullptr;
   RequestHandler* handler_ = nullptr;
   UvHandle<uv_tcp_t> listener_;

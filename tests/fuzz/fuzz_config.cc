@@ -26,22 +26,12 @@
 #include <vector>
 
 #include "config.h"
+#include "fuzz_check.h"
 #include "intersync/log.h"
 
 using namespace intersync;
 
 namespace {
-
-[[noreturn]] void fail(const char* what, const std::string& detail = {}) {
-  std::fprintf(stderr, "fuzz_config: invariant violated: %s%s%s\n", what,
-               detail.empty() ? "" : ": ", detail.c_str());
-  std::abort();
-}
-
-#define CHECK(cond, ...)                                 \
-  do {                                                   \
-    if (!(cond)) fail(#cond __VA_OPT__(, ) __VA_ARGS__); \
-  } while (0)
 
 struct Setup {
   std::string dir;

@@ -9,22 +9,12 @@
 #include <string>
 #include <string_view>
 
+#include "fuzz_check.h"
 #include "intersync/kml.h"
 
 using namespace intersync;
 
 namespace {
-
-[[noreturn]] void fail(const char* what, const std::string& detail = {}) {
-  std::fprintf(stderr, "fuzz_kml: invariant violated: %s%s%s\n", what, detail.empty() ? "" : ": ",
-               detail.c_str());
-  std::abort();
-}
-
-#define CHECK(cond, ...)                                 \
-  do {                                                   \
-    if (!(cond)) fail(#cond __VA_OPT__(, ) __VA_ARGS__); \
-  } while (0)
 
 bool has_leading_slash(const std::string& s) {
   return !s.empty() && s.front() == '/';

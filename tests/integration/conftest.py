@@ -10,12 +10,14 @@ sanitizer builds.
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -26,6 +28,9 @@ INTERSYNCCTL = BUILD / "tools" / "intersyncctl"
 KMLPRINT = BUILD / "tools" / "kmlprint"
 
 TOKEN = "test-token-0123456789abcdef"
+# The http transport's settings for plain HTTP, which it refuses unless the
+# configuration says so; tests that want TLS give `http` themselves.
+PLAIN_HTTP = "{plain: true}"
 
 
 def wait_for(condition, timeout=30.0, what="condition", interval=0.02):
@@ -200,7 +205,7 @@ class Cluster:
 
     def start_server(self, **extra):
         fs = {"name": self.fset, "path": self.server_root, "role": "server",
-              "listen": "127.0.0.1:0",
+              "listen": "127.0.0.1:0", "http": PLAIN_HTTP,
               "clients": [{"name": "client", "token_sha256": token_sha256()}]}
         fs.update(extra)
         if self.server is not None:
@@ -218,6 +223,8 @@ class Cluster:
         fs = {"name": self.fset, "path": root, "role": "client",
               "server": f"127.0.0.1:{self.port}", "token_file": self.token_file}
         fs.update(extra)
+        if fs.get("transport", "http") == "http":
+            fs.setdefault("http", PLAIN_HTTP)
         d = Daemon(self.tmp, name, [fs])
         d.root = root
         self.clients.append(d)
@@ -248,6 +255,34 @@ def cluster(tmp_path):
     c = Cluster(tmp_path)
     yield c
     c.stop()
+
+
+@pytest.fixture
+def pki(tmp_path):
+    """A throw-away CA and a server certificate for 127.0.0.1 made with the
+    openssl command; `server_tls` and `client_tls` are the http settings."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        pytest.skip("the openssl command is not installed (Debian package openssl)")
+    d = tmp_path / "pki"
+    d.mkdir()
+
+    def run(*args):
+        subprocess.run([openssl, *args], check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", d / "ca.key", "-out", d / "ca.pem", "-days", "1",
+        "-subj", "/CN=intersync test CA")
+    run("req", *ec, "-keyout", d / "server.key", "-out", d / "server.csr", "-subj", "/CN=server")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", d / "server.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
+        "-CAcreateserial", "-out", d / "server.pem", "-days", "1", "-extfile", d / "ext.cnf")
+    (d / "server.key").chmod(0o600)
+    out = subprocess.run([openssl, "x509", "-in", d / "server.pem", "-noout", "-fingerprint",
+                          "-sha256"], check=True, capture_output=True, text=True).stdout
+    server_tls = f"{{tls: {{cert: {d / 'server.pem'}, key: {d / 'server.key'}}}}}"
+    return SimpleNamespace(dir=d, fingerprint=out.strip().split("=", 1)[1],
+                           server_tls=server_tls, client_tls=f"{{tls: {{ca: {d / 'ca.pem'}}}}}")
 
 
 def raw_request(port, data, timeout=10):

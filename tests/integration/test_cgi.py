@@ -2,7 +2,7 @@
 
 The client daemon's `server:` is lighttpd; lighttpd runs intersync.cgi for
 /cgi-bin/intersync/...; the CGI relays each request to the server daemon's
-own listener. These tests check replication end to end through that chain
+relay socket, also when the daemon's only listener speaks TLS. These tests check replication end to end through that chain
 (initial sync, a live change over the long-poll, a daemon stop and restart)
 and the CGI's own edges, run directly with a made-up CGI environment: odd
 environments, early refusals of uploads, and that bodies stream through a
@@ -133,10 +133,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 def web(cluster):
-    """The server daemon on a fixed port (the CGI reads it from the
-    configuration, so port 0 will not do) and a lighttpd in front of it."""
-    cluster.daemon_port = free_port()
-    cluster.start_server(listen=f"127.0.0.1:{cluster.daemon_port}")
+    """The server daemon, listening on a port chosen at its start (the CGI
+    does not need it: it relays to the daemon's relay socket), and a
+    lighttpd in front of it."""
+    cluster.start_server()
     w = Lighttpd(cluster.tmp, cluster.server.config)
     w.start()
     yield w
@@ -291,12 +291,12 @@ def test_replication_through_lighttpd(cluster, web):
                                {**AUTH, "If-Match": '"0000"'})
     assert status == 412
 
-    # The daemon stops: the CGI answers 503 naming the address it tried,
-    # and the client reports itself disconnected.
+    # The daemon stops: the CGI answers 503 naming the relay socket it
+    # tried, and the client reports itself disconnected.
     cluster.server.stop()
     status, _, body = web.request("GET", "/cgi-bin/intersync/docs/info", AUTH)
     assert status == 503
-    assert f"127.0.0.1:{cluster.daemon_port}".encode() in body
+    assert str(cluster.server.state / "relay.sock").encode() in body
     wait_for(lambda: client.fileset("docs")["state"] == "disconnected", timeout=60,
              what="the client to notice the daemon is gone")
     assert "503" in client.fileset("docs")["last_error"]
@@ -308,6 +308,27 @@ def test_replication_through_lighttpd(cluster, web):
     wait_for(lambda: client.fileset("docs")["state"] == "connected", timeout=90,
              what="the client to reconnect through lighttpd")
     cluster.wait_converged(timeout=90)
+
+
+def test_replication_through_lighttpd_to_a_tls_only_server(cluster, pki):
+    # The daemon's only listener speaks TLS; the CGI relays through the
+    # daemon's relay socket, and the client talks to lighttpd.
+    (cluster.server_root / "a.txt").write_text("behind a TLS-only listener\n")
+    cluster.start_server(http=pki.server_tls)
+    assert "(TLS)" in cluster.server.log_text()
+    web = Lighttpd(cluster.tmp, cluster.server.config).start()
+    try:
+        client = cluster.add_client(server=f"127.0.0.1:{web.port}")
+        cluster.wait_converged()
+        assert client.fileset("docs")["state"] == "connected"
+        (cluster.server_root / "live.txt").write_text("pushed through CGI\n")
+        cluster.wait_converged()
+        wait_for(lambda: "GET /cgi-bin/intersync/docs/kml" in (web.dir / "access.log").read_text(),
+                 timeout=60, what="the long-polls in lighttpd's access log")
+        assert any(p["address"] == "relay socket"
+                   for p in cluster.server.fileset("docs")["peers"])
+    finally:
+        web.stop()
 
 
 def test_cgi_answers_odd_environments(cluster, web):
@@ -367,27 +388,12 @@ def test_cgi_answers_odd_environments(cluster, web):
                                "INTERSYNC_CONFIG": str(broken)})
     assert status == 500
 
-    # A fileset listening on port 0 cannot be found by the CGI.
-    zero = cluster.tmp / "port0.yaml"
-    zero.write_text(cluster.server.config.read_text().replace(
-        f"127.0.0.1:{cluster.daemon_port}", "127.0.0.1:0"))
-    status, _, body, _ = run_cgi({"REQUEST_METHOD": "GET", "PATH_INFO": "/docs/info",
-                                  "INTERSYNC_CONFIG": str(zero)})
-    assert status == 503 and b"port 0" in body
-
-    # A TLS listener cannot be relayed to in plain HTTP: said, not attempted.
-    tls = cluster.tmp / "tls.yaml"
-    tls.write_text(cluster.server.config.read_text()
-                   + "    http: {tls: {cert: /nonexistent.pem, key: /nonexistent.key}}\n")
-    status, _, body, _ = run_cgi(cgi_env(cluster, "/docs/info", INTERSYNC_CONFIG=str(tls)))
-    assert status == 503 and b"TLS" in body
-
-    # A wildcard listen address is reached on loopback.
-    wildcard = cluster.tmp / "wildcard.yaml"
-    wildcard.write_text(cluster.server.config.read_text().replace(
-        f"127.0.0.1:{cluster.daemon_port}", f"0.0.0.0:{cluster.daemon_port}"))
-    status, _, body, _ = run_cgi(cgi_env(cluster, "/docs/info", INTERSYNC_CONFIG=str(wildcard)))
-    assert status == 200 and b'"fset":"docs"' in body
+    # A relay socket elsewhere than the daemon's is not reached.
+    elsewhere = cluster.tmp / "elsewhere.yaml"
+    elsewhere.write_text(f"relay_socket: {cluster.tmp / 'nobody.sock'}\n"
+                         + cluster.server.config.read_text())
+    status, _, body, _ = run_cgi(cgi_env(cluster, "/docs/info", INTERSYNC_CONFIG=str(elsewhere)))
+    assert status == 503 and str(cluster.tmp / "nobody.sock").encode() in body
 
 
 def test_cgi_streams_bodies_in_bounded_memory(cluster, web):
@@ -451,6 +457,6 @@ def test_cgi_answers_503_when_the_daemon_is_down(cluster, web):
     cluster.server.stop()
     status, headers, body = web.request("GET", "/cgi-bin/intersync/docs/kml?since=0&wait=5", AUTH)
     assert status == 503
-    assert f"127.0.0.1:{cluster.daemon_port}".encode() in body
+    assert str(cluster.server.state / "relay.sock").encode() in body
     status, _, body, _ = run_cgi(cgi_env(cluster, "/docs/info"))
-    assert status == 503 and b"Connection refused" in body
+    assert status == 503 and b"No such file or directory" in body

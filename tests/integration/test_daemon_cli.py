@@ -1,13 +1,13 @@
 """The operator surface: intersyncd --check, --daemon with its pid file,
-SIGHUP reload, SIGTERM, intersyncctl status, the init script, and the
-warning for auth: none."""
+SIGHUP reload, SIGTERM, intersyncctl status, the init script, the
+warning for auth: none and the refusal of unasked-for plain HTTP."""
 
 import json
 import os
 import signal
 import subprocess
 
-from conftest import INTERSYNCCTL, INTERSYNCD, SOURCE_ROOT, Daemon, wait_for
+from conftest import INTERSYNCCTL, INTERSYNCD, PLAIN_HTTP, SOURCE_ROOT, Daemon, wait_for
 
 
 def run(*args, **kw):
@@ -46,9 +46,50 @@ def test_check_validates_plugin_subtrees_and_names_missing_plugins(tmp_path):
     assert "no transport plugin named 'carrier-pigeon'" in r.stderr
 
 
+def test_plain_http_is_refused_unless_the_configuration_says_so(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    token = tmp_path / "token"
+    token.write_text("t\n")
+    token.chmod(0o600)
+    # A server on loopback and a client: neither has tls nor plain: true.
+    server = Daemon(tmp_path, "srv", [{"name": "docs", "path": root, "role": "server",
+                                       "auth": "none", "listen": "127.0.0.1:0"}])
+    client = Daemon(tmp_path, "cli", [{"name": "docs", "path": root, "role": "client",
+                                       "server": "127.0.0.1:370", "token_file": token}])
+    for d in (server, client):
+        # Line 4 is the fileset's entry ("  - name: docs"), which lacks http:.
+        where = f"{d.config}:4:5: 'http' settings of fileset 'docs' have no 'tls'"
+        for args in (["--check"], []):
+            r = run(INTERSYNCD, "-c", d.config, *args)
+            assert r.returncode == 1, (args, r.stdout, r.stderr)
+            assert where in r.stderr, r.stderr
+            assert "plain: true" in r.stderr and "tls: {cert: FILE, key: FILE}" in r.stderr
+            assert "configuration OK" not in r.stdout
+    assert not (server.state / "control.sock").exists()
+
+    # plain: false is no way around it, and the error points at it.
+    text = server.config.read_text()
+    server.config.write_text(text + "    http:\n      idle_timeout: 5\n      plain: false\n")
+    r = run(INTERSYNCD, "-c", server.config, "--check")
+    assert r.returncode == 1 and f"{server.config}:11:7: " in r.stderr, r.stderr
+
+    # Saying so is enough, on a wildcard address as on loopback.
+    for listen in ("127.0.0.1:0", "0.0.0.0:0"):
+        server.config.write_text(text.replace("127.0.0.1:0", listen) + "    http: {plain: true}\n")
+        r = run(INTERSYNCD, "-c", server.config, "--check")
+        assert r.returncode == 0 and "configuration OK" in r.stdout, r.stderr
+        server.start()
+        try:
+            assert server.fileset("docs")["listen"].startswith(listen.split(":")[0] + ":")
+            assert "(plain HTTP)" in server.log_text()
+        finally:
+            server.stop()
+
+
 def test_status_when_not_running(tmp_path):
     d = Daemon(tmp_path, "idle", [{"name": "docs", "path": tmp_path, "role": "server",
-                                    "auth": "none", "listen": "127.0.0.1:0"}])
+                                    "auth": "none", "listen": "127.0.0.1:0", "http": PLAIN_HTTP}])
     r = d.ctl("status", check=False)
     assert r.returncode == 3
     assert "not running" in r.stderr
@@ -59,7 +100,7 @@ def test_status_reports_role_head_and_listener(tmp_path):
     root.mkdir()
     (root / "f").write_text("x")
     d = Daemon(tmp_path, "srv", [{"name": "docs", "path": root, "role": "server",
-                                   "auth": "none", "listen": "127.0.0.1:0"}])
+                                   "auth": "none", "listen": "127.0.0.1:0", "http": PLAIN_HTTP}])
     d.start()
     try:
         wait_for(lambda: d.fileset("docs")["head"] >= 3, what="journal of f")
@@ -79,7 +120,7 @@ def test_daemon_mode_pid_file_reload_and_stop(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     d = Daemon(tmp_path, "bg", [{"name": "docs", "path": root, "role": "server",
-                                 "auth": "none", "listen": "127.0.0.1:0"}])
+                                 "auth": "none", "listen": "127.0.0.1:0", "http": PLAIN_HTTP}])
     r = run(INTERSYNCD, "-c", d.config, "--daemon")
     assert r.returncode == 0, r.stderr
     pid_file = d.state / "intersyncd.pid"
@@ -105,7 +146,7 @@ def test_daemon_mode_pid_file_reload_and_stop(tmp_path):
         assert daemon_status()["last_reload_error"].startswith(f"{d.config}:")
         d.config.write_text(good.replace("filesets:", "filesets:\n  - name: second\n"
                                          f"    path: {root}\n    role: server\n"
-                                         "    auth: none\n    listen: 127.0.0.1:0"))
+                                         "    auth: none\n    listen: 127.0.0.1:0\n    http: {plain: true}"))
         os.kill(pid, signal.SIGHUP)
         wait_for(lambda: len((d.status_or_none() or {"filesets": []})["filesets"]) == 2,
                  what="reload to add a fileset")
@@ -131,7 +172,7 @@ def test_intersyncctl_json_is_machine_readable(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     d = Daemon(tmp_path, "j", [{"name": "docs", "path": root, "role": "server",
-                                "auth": "none", "listen": "127.0.0.1:0"}])
+                                "auth": "none", "listen": "127.0.0.1:0", "http": PLAIN_HTTP}])
     d.start()
     try:
         out = json.loads(d.ctl("status", "--json").stdout)

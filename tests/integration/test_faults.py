@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (INTERSYNCD, Daemon, assert_same_tree, token_sha256, tree_snapshot,
-                      trees_equal, wait_for)
+from conftest import (INTERSYNCD, PLAIN_HTTP, Daemon, assert_same_tree, token_sha256,
+                      tree_snapshot, trees_equal, wait_for)
 
 FSET = "docs"
 
@@ -356,7 +356,7 @@ def test_partition_during_large_transfer(tmp_path):
         token_file.chmod(0o600)
         server = NetnsDaemon(tmp_path, "server", [{
             "name": FSET, "path": server_root, "role": "server", "listen": f"{NS_ADDR}:0",
-            "clients": [{"name": "client", "token_sha256": token_sha256()}]}], netns=NS)
+            "http": PLAIN_HTTP, "clients": [{"name": "client", "token_sha256": token_sha256()}]}], netns=NS)
         server.start()
         port = int(server.fileset(FSET)["listen"].rsplit(":", 1)[1])
         client_root = tmp_path / "client1-root"
@@ -366,7 +366,7 @@ def test_partition_during_large_transfer(tmp_path):
         client = Daemon(tmp_path, "client1", [{
             "name": FSET, "path": client_root, "role": "client",
             "server": f"{NS_ADDR}:{port}", "token_file": token_file,
-            "http": "{idle_timeout: 30}"}])
+            "http": "{idle_timeout: 30, plain: true}"}])
         client.start()
 
         def mid_transfer():
@@ -425,7 +425,8 @@ def test_full_disk_on_client(cluster, tmp_path):
         root.mkdir()
         client = Daemon(tmp_path, "client1", [{
             "name": FSET, "path": root, "role": "client",
-            "server": f"127.0.0.1:{cluster.port}", "token_file": cluster.token_file}])
+            "server": f"127.0.0.1:{cluster.port}", "token_file": cluster.token_file,
+            "http": PLAIN_HTTP}])
         client.root = root
         cluster.clients.append(client)
         client.start()

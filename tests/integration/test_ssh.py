@@ -4,8 +4,9 @@ The test starts its own sshd (`/usr/sbin/sshd -D -e -f CONFIG`) on a free
 port, with a throw-away host key and user key in the test's temporary
 directory; a server daemon of the usual Cluster; and a client with
 `transport: ssh` whose connections are ssh children running the built
-`intersyncd --serve-stdio`, which relays to the server daemon. The client
-still presents its token: the daemon behind the relay checks it.
+`intersyncd --serve-stdio`, which relays to the server daemon's relay
+socket (whatever its listener speaks, TLS included). The client still
+presents its token: the daemon behind the relay checks it.
 
 sshd runs as root (it must, to change to the logged-in user) and needs its
 privilege separation directory /run/sshd, which the test creates when
@@ -169,9 +170,11 @@ def test_replication_over_ssh_survives_sshd_restarts(cluster, sshd):
     st = client.fileset("docs")
     assert st["state"] == "connected", st
     assert st["last_error"] == ""
-    # The connections are ssh children relayed to the daemon's listener.
+    # The connections are ssh children relayed to the daemon's relay socket.
     assert "ssh" in client.log_text()
-    wait_for(lambda: len(cluster.server.fileset("docs")["peers"]) >= 1, what="the peer listed")
+    wait_for(lambda: any(p["address"] == "relay socket"
+                         for p in cluster.server.fileset("docs")["peers"]),
+             what="the peer listed")
 
     # Live changes arrive through the long-poll over ssh.
     (root / "docs" / "live.txt").write_text("pushed\n")
@@ -193,6 +196,27 @@ def test_replication_over_ssh_survives_sshd_restarts(cluster, sshd):
     assert (client.root / "while-away.txt").read_text() == "written while ssh was down\n"
 
 
+def test_replication_over_ssh_to_a_tls_only_server(cluster, sshd, pki):
+    # The server's only listener speaks TLS; --serve-stdio reaches the
+    # daemon through its relay socket, without TLS of its own.
+    root = cluster.server_root
+    (root / "secret.txt").write_text("behind a TLS-only listener\n")
+    cluster.start_server(http=pki.server_tls)
+    assert "(TLS)" in cluster.server.log_text()
+    assert "(plain HTTP)" not in cluster.server.log_text()
+    client = ssh_client(cluster, sshd)
+    cluster.wait_converged()
+    assert client.fileset("docs")["state"] == "connected"
+    (root / "live.txt").write_text("pushed over ssh\n")
+    cluster.wait_converged()
+    # And the listener itself still refuses plain HTTP.
+    port = cluster.port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /cgi-bin/intersync/docs/info HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = s.recv(4096)
+    assert b"secret" not in answer and not answer.startswith(b"HTTP/1.1 200")
+
+
 def test_an_unknown_host_key_is_refused(cluster, sshd):
     cluster.start_server()
     sshd.known_hosts.write_text("")
@@ -204,16 +228,16 @@ def test_an_unknown_host_key_is_refused(cluster, sshd):
 
 def test_serve_stdio_without_a_daemon_says_so(tmp_path):
     config = tmp_path / "intersync.yaml"
-    port = free_port()
     (tmp_path / "root").mkdir()
     config.write_text(f"state_dir: {tmp_path / 'state'}\nfilesets:\n"
                       f"  - name: docs\n    path: {tmp_path / 'root'}\n    role: server\n"
-                      f"    listen: 127.0.0.1:{port}\n    auth: none\n")
+                      f"    listen: 127.0.0.1:{free_port()}\n    auth: none\n"
+                      f"    http: {{plain: true}}\n")
     r = subprocess.run([str(INTERSYNCD), "-c", str(config), "--serve-stdio", "--fset", "docs"],
                        input=b"", capture_output=True, timeout=30)
     assert r.returncode == 1
     assert r.stdout == b""
-    assert f"127.0.0.1:{port}" in r.stderr.decode()
+    assert str(tmp_path / "state" / "relay.sock") in r.stderr.decode()
     assert "is intersyncd running?" in r.stderr.decode()
 
     r = subprocess.run([str(INTERSYNCD), "-c", str(config), "--serve-stdio", "--fset", "nope"],

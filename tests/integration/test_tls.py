@@ -1,48 +1,22 @@
 """TLS between real daemons on 127.0.0.1: the http transport's `tls:`
 settings, with a throw-away CA and server certificate made by the openssl
-command line in the test's temporary directory."""
+command line in the test's temporary directory (conftest's `pki`)."""
 
-import shutil
 import subprocess
-from types import SimpleNamespace
 
 import pytest
 
 from conftest import INTERSYNCD, wait_for
 
 
-@pytest.fixture
-def pki(tmp_path):
-    openssl = shutil.which("openssl")
-    if not openssl:
-        pytest.skip("the openssl command is not installed (Debian package openssl)")
-    d = tmp_path / "pki"
-    d.mkdir()
-
-    def run(*args):
-        subprocess.run([openssl, *args], check=True, capture_output=True)
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    run("req", "-x509", *ec, "-keyout", d / "ca.key", "-out", d / "ca.pem", "-days", "1",
-        "-subj", "/CN=intersync test CA")
-    run("req", *ec, "-keyout", d / "server.key", "-out", d / "server.csr", "-subj", "/CN=server")
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", d / "server.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
-        "-CAcreateserial", "-out", d / "server.pem", "-days", "1", "-extfile", d / "ext.cnf")
-    (d / "server.key").chmod(0o600)
-    out = subprocess.run([openssl, "x509", "-in", d / "server.pem", "-noout", "-fingerprint",
-                          "-sha256"], check=True, capture_output=True, text=True).stdout
-    return SimpleNamespace(dir=d, fingerprint=out.strip().split("=", 1)[1])
-
-
 def test_replication_over_tls(cluster, pki):
     root = cluster.server_root
     (root / "secret.txt").write_text("only over TLS\n")
     (root / "big.bin").write_bytes(bytes(range(256)) * (12 << 12))
-    cluster.start_server(http=f"{{tls: {{cert: {pki.dir / 'server.pem'}, key: {pki.dir / 'server.key'}}}}}")
+    cluster.start_server(http=pki.server_tls)
     assert "(TLS)" in cluster.server.log_text()
 
-    by_ca = cluster.add_client(http=f"{{tls: {{ca: {pki.dir / 'ca.pem'}}}}}")
+    by_ca = cluster.add_client(http=pki.client_tls)
     pinned = cluster.add_client(http=f'{{tls: {{fingerprint: "{pki.fingerprint}"}}}}')
     cluster.wait_converged()
     (root / "live.txt").write_text("pushed over TLS\n")
@@ -88,10 +62,10 @@ def test_filesets_sharing_a_listener_must_agree_on_tls(tmp_path, pki):
     config.write_text(
         f"state_dir: {tmp_path / 'state'}\nfilesets:\n"
         f"  - {{name: a, path: {tmp_path / 'a'}, role: server, listen: 127.0.0.1:0, "
-        f"auth: none}}\n"
+        f"auth: none, http: {{plain: true}}}}\n"
         f"  - name: b\n    path: {tmp_path / 'b'}\n    role: server\n"
         f"    listen: 127.0.0.1:0\n    auth: none\n"
-        f"    http: {{tls: {{cert: {pki.dir / 'server.pem'}, key: {pki.dir / 'server.key'}}}}}\n")
+        f"    http: {pki.server_tls}\n")
     r = subprocess.run([str(INTERSYNCD), "-c", str(config), "--check"], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 1

@@ -546,10 +546,9 @@ TEST_CASE_METHOD(Fixture, "an unanswered call times out") {
 
 TEST_CASE("configure accepts the plugin's keys and rejects others") {
   auto transport = make_transport();
-  CHECK(transport->configure(ConfigNode()).ok());
   CHECK(transport
-            ->configure(ConfigNode(YAML::Load("max_connections: 2\nidle_timeout: 30"), "test.yaml",
-                                   "fileset 'docs'"))
+            ->configure(ConfigNode(YAML::Load("max_connections: 2\nidle_timeout: 30\nplain: true"),
+                                   "test.yaml", "fileset 'docs'"))
             .ok());
   Status unknown = transport->configure(
       ConfigNode(YAML::Load("max_conections: 2"), "test.yaml", "fileset 'docs'"));
@@ -565,11 +564,36 @@ TEST_CASE("configure accepts the plugin's keys and rejects others") {
           .ok());
 }
 
+TEST_CASE("plain HTTP only when the configuration says so") {
+  auto transport = make_transport();
+  // A fileset without an `http:` key: the error points at the fileset.
+  YAML::Node file = YAML::Load("filesets:\n  - name: docs\n    role: server\n");
+  ConfigNode fileset(file["filesets"][0], "test.yaml", "fileset 'docs'");
+  auto refused = [&](const ConfigNode& node) {
+    Status status = transport->configure(node);
+    REQUIRE_FALSE(status.ok());
+    return status.error().message;
+  };
+  std::string absent = refused(fileset.child("http", "'http' settings of fileset 'docs'"));
+  INFO(absent);
+  CHECK(absent.rfind("test.yaml:2:5: 'http' settings of fileset 'docs' have no 'tls'", 0) == 0);
+  CHECK(absent.find("plain: true") != std::string::npos);
+  CHECK(absent.find("tls: {cert: FILE, key: FILE}") != std::string::npos);
+  // Settings without tls or plain, on loopback as anywhere else.
+  std::string tuned =
+      refused(ConfigNode(YAML::Load("\nmax_connections: 2"), "test.yaml", "'http' settings"));
+  CHECK(tuned.rfind("test.yaml:2:1: 'http' settings have no 'tls'", 0) == 0);
+  std::string explicit_false =
+      refused(ConfigNode(YAML::Load("idle_timeout: 5\nplain: false"), "test.yaml", "'http'"));
+  CHECK(explicit_false.rfind("test.yaml:2:1: ", 0) == 0);
+  CHECK(transport->configure(ConfigNode(YAML::Load("plain: true"), "test.yaml", "'http'")).ok());
+}
+
 TEST_CASE_METHOD(Fixture, "concurrent calls share a pool of max_connections connections") {
-  REQUIRE(
-      transport
-          ->configure(ConfigNode(YAML::Load("max_connections: 2"), "test.yaml", "fileset 'docs'"))
-          .ok());
+  REQUIRE(transport
+              ->configure(ConfigNode(YAML::Load("max_connections: 2\nplain: true"), "test.yaml",
+                                     "fileset 'docs'"))
+              .ok());
   int active = 0;
   int max_active = 0;
   size_t max_connections_seen = 0;
@@ -629,9 +653,10 @@ TEST_CASE_METHOD(Fixture, "closing a session cancels its calls, even from a call
 }
 
 TEST_CASE_METHOD(Fixture, "an idle server connection is closed after idle_timeout") {
-  REQUIRE(
-      transport->configure(ConfigNode(YAML::Load("idle_timeout: 1"), "test.yaml", "fileset 'docs'"))
-          .ok());
+  REQUIRE(transport
+              ->configure(ConfigNode(YAML::Load("idle_timeout: 1\nplain: true"), "test.yaml",
+                                     "fileset 'docs'"))
+              .ok());
   uint64_t start = now_ms();
   RawClient* raw = RawClient::open(loop, port, "");
   REQUIRE(loop.run_until([&] { return raw->eof; }, 5000));
@@ -668,9 +693,10 @@ TEST_CASE_METHOD(Fixture, "responses without a length or without a head end the 
 }
 
 TEST_CASE_METHOD(Fixture, "a peer that stops reading is dropped after idle_timeout") {
-  REQUIRE(
-      transport->configure(ConfigNode(YAML::Load("idle_timeout: 1"), "test.yaml", "fileset 'docs'"))
-          .ok());
+  REQUIRE(transport
+              ->configure(ConfigNode(YAML::Load("idle_timeout: 1\nplain: true"), "test.yaml",
+                                     "fileset 'docs'"))
+              .ok());
   std::shared_ptr<Streamer> streamer;
   bool aborted = false;
   handler.routes["/big"] = [&](HttpRequest&, std::shared_ptr<ResponseWriter> writer) {
@@ -1012,7 +1038,7 @@ TEST_CASE("tls settings are checked when the configuration is loaded") {
   CHECK(error_of("tls: {cerf: x}").find("unknown key 'cerf'") != std::string::npos);
   CHECK(error_of("plain: true\ntls: {ca: " + pki.ca_file() + "}").find("contradicts") !=
         std::string::npos);
-  CHECK(error_of("plain: false").find("needs 'tls'") != std::string::npos);
+  CHECK(error_of("plain: false").find("have no 'tls'") != std::string::npos);
   CHECK(error_of("tls: yes").find("must be a mapping") != std::string::npos);
 
   CHECK(configure(*transport, "plain: true").ok());

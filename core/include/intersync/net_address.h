@@ -41,17 +41,4 @@ inline std::string strip_brackets(std::string_view host) {
   return std::string(host);
 }
 
-// True for "localhost", 127.0.0.0/8 and ::1: traffic that never leaves the
-// machine.
-inline bool is_loopback_host(std::string_view host) {
-  std::string bare = strip_brackets(host);
-  if (bare == "localhost") return true;
-  sockaddr_in in{};
-  if (uv_ip4_addr(bare.c_str(), 0, &in) == 0) {
-    return (ntohl(in.sin_addr.s_addr) >> 24) == 127;
-  }
-  sockaddr_in6 in6{};
-  return uv_ip6_addr(bare.c_str(), 0, &in6) == 0 && IN6_IS_ADDR_LOOPBACK(&in6.sin6_addr);
-}
-
 }  // namespace intersync
