@@ -714,7 +714,9 @@ void FilesetClient::apply(std::unique_ptr<Batch> batch) {
     // changed here meanwhile is left alone (it differs from the index) and
     // reintegrated afterwards, where the server sees both versions.
     tracker_->pause();
-    job->protect = [](const std::string&) { return false; };
+    job->protect = [paths = local_pending_paths()](const std::string& p) {
+      return paths.count(p) > 0;
+    };
   }
   job->work.data = job;
   auto alive = std::weak_ptr<bool>(alive_);
@@ -771,6 +773,23 @@ void FilesetClient::apply(std::unique_ptr<Batch> batch) {
       });
   // Fetch the next batch while this one is written.
   next_batch();
+}
+
+std::set<std::string> FilesetClient::local_pending_paths() const {
+  std::set<std::string> paths;
+  if (!local_pending()) return paths;
+  uint32_t last = 0;
+  auto bytes = local_journal_.read_after(reintegrated_, UINT64_MAX, &last);
+  if (!bytes) return paths;
+  for (auto& e : kml_scan(*bytes).entries) {
+    KmlRecord& r = e.record;
+    std::string why;
+    if (!record_paths_ok(r, &why)) continue;
+    paths.insert(r.path);
+    if (!r.src.empty()) paths.insert(r.src);
+    if (r.opcode == KmlOp::Rename || r.opcode == KmlOp::Link) paths.insert(r.target);
+  }
+  return paths;
 }
 
 bool FilesetClient::local_pending() const {

@@ -79,6 +79,9 @@ class FilesetClient : public BackendHost {
   void send_reintegrate(std::shared_ptr<struct UploadPlan> plan);
   void on_reintegrated(std::shared_ptr<struct UploadPlan> plan, const std::string& body);
   bool local_pending() const;
+  // Paths the local records not yet reintegrated touch: the server's
+  // records leave them alone until the server has judged those.
+  std::set<std::string> local_pending_paths() const;
   void set_error(const std::string& e);
 
   uv_loop_t* loop_;

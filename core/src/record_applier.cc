@@ -548,7 +548,10 @@ class RecordApplier::Impl {
   bool stale(const KmlRecord& r) const {
     const std::string& key = r.opcode == KmlOp::Rename || r.opcode == KmlOp::Link ? r.src : r.path;
     const FileState* idx = index_.find(key);
-    return idx && idx->version > r.recno;
+    // Equal: this record made the version here (applied before a crash),
+    // or it is the echo of this client's own record, and the entry may
+    // already hold a later local change based on it.
+    return idx && idx->version >= r.recno;
   }
 
   // True if the record would touch a path the owner protects.
