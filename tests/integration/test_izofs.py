@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import queue
+import resource
 import stat
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def check_clean_log(text, who):
 class Mount:
     """One izofs process in the foreground, BACKING mounted at MNT."""
 
-    def __init__(self, tmp, name="izofs", options=()):
+    def __init__(self, tmp, name="izofs", options=(), wrapper=(), open_files=None):
         self.backing = Path(tmp) / f"{name}-backing"
         self.mnt = Path(tmp) / f"{name}-mnt"
         self.backing.mkdir(exist_ok=True)
@@ -51,14 +52,23 @@ class Mount:
         self.log = Path(tmp) / f"{name}.log"
         self.kml = self.backing / ".intermezzo" / FSET / "kml"
         self.options = list(options)
+        self.wrapper = list(wrapper)
+        self.open_files = open_files
         self.proc = None
         self.seen = 0
 
     def start(self):
         self.logf = open(self.log, "ab")
+        limit = self.open_files
+
+        def set_limit():
+            if limit:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         self.proc = subprocess.Popen(
-            [str(IZOFS), "-f", "-o", f"fileset={FSET}", *self.options, str(self.backing),
-             str(self.mnt)], stdout=self.logf, stderr=subprocess.STDOUT)
+            [*self.wrapper, str(IZOFS), "-f", "-o", f"fileset={FSET}", *self.options,
+             str(self.backing), str(self.mnt)], stdout=self.logf, stderr=subprocess.STDOUT,
+            preexec_fn=set_limit)
         wait_for(lambda: self.proc.poll() is not None or os.path.ismount(self.mnt),
                  timeout=20, what="izofs to mount")
         if self.proc.poll() is not None:
@@ -309,6 +319,32 @@ def test_concurrent_writers_produce_whole_records(mount):
     assert len(by_op(r, "CLOSE")) == 320
     r = subprocess.run([str(KMLPRINT), str(mount.kml)], capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == ""
+
+
+def test_inodes_stay_within_the_open_file_limit(tmp_path):
+    """izofs holds a descriptor per inode the kernel knows; with a limit of
+    256 (and no CAP_SYS_RESOURCE to raise it) it makes the kernel forget
+    the least recently used ones instead of failing with EMFILE."""
+    m = Mount(tmp_path, wrapper=["setpriv", "--bounding-set", "-sys_resource"],
+              open_files=256).start()
+    try:
+        for d in range(10):
+            os.mkdir(m.p(f"d{d}"))
+            for i in range(200):
+                write_file(m.p(f"d{d}/f{i}"), f"{d}/{i}".encode())
+        seen = 0
+        for dirpath, _dirs, files in os.walk(m.mnt):
+            for name in files:
+                os.stat(os.path.join(dirpath, name))
+                seen += 1
+        assert all(m.p(f"d{d}/f{i}").read_bytes() == f"{d}/{i}".encode()
+                   for d in range(10) for i in range(0, 200, 7))
+        assert seen >= 2000
+        assert len(os.listdir(f"/proc/{m.proc.pid}/fd")) < 256
+        r = m.new_records()
+        assert len(by_op(r, "CREATE")) == 2000 and len(by_op(r, "CLOSE")) == 2000
+    finally:
+        m.stop()
 
 
 def test_internal_paths_and_intersync_xattrs_are_not_journaled(mount):

@@ -16,19 +16,51 @@ InodeTable::~InodeTable() {
   for (Inode* inode : owned_) delete inode;
 }
 
-Inode& InodeTable::remember(UniqueFd fd, const struct stat& st) {
+Inode& InodeTable::remember(UniqueFd fd, const struct stat& st, fuse_ino_t parent,
+                            std::string_view name) {
   Key key{st.st_dev, st.st_ino};
   std::lock_guard lock(mutex_);
   if (key == Key{root_.dev_, root_.ino_}) return root_;
   auto [it, added] = by_key_.try_emplace(key, nullptr);
+  Inode& inode = added ? **owned_.insert(new Inode).first : *it->second;
   if (added) {
-    it->second = *owned_.insert(new Inode).first;
-    it->second->fd_.store(fd.release(), std::memory_order_release);
-    it->second->dev_ = st.st_dev;
-    it->second->ino_ = st.st_ino;
+    size_.store(owned_.size(), std::memory_order_relaxed);
+    it->second = &inode;
+    inode.fd_.store(fd.release(), std::memory_order_release);
+    inode.dev_ = st.st_dev;
+    inode.ino_ = st.st_ino;
   }
-  it->second->lookups_++;
-  return *it->second;
+  inode.lookups_++;
+  inode.parent_ = parent;
+  inode.name_ = name;
+  inode.last_use_.store(use_clock_.fetch_add(1, std::memory_order_relaxed),
+                        std::memory_order_relaxed);
+  return inode;
+}
+
+void InodeTable::renamed(const struct stat& st, fuse_ino_t parent, std::string_view name) {
+  std::lock_guard lock(mutex_);
+  auto it = by_key_.find(Key{st.st_dev, st.st_ino});
+  if (it == by_key_.end()) return;
+  it->second->parent_ = parent;
+  it->second->name_ = name;
+}
+
+std::vector<InodeTable::EntryName> InodeTable::least_recently_used(size_t count) {
+  std::vector<std::pair<uint64_t, Inode*>> by_use;
+  std::lock_guard lock(mutex_);
+  by_use.reserve(owned_.size());
+  for (Inode* inode : owned_) {
+    by_use.emplace_back(inode->last_use_.load(std::memory_order_relaxed), inode);
+  }
+  count = std::min(count, by_use.size());
+  std::partial_sort(by_use.begin(), by_use.begin() + static_cast<ptrdiff_t>(count), by_use.end());
+  std::vector<EntryName> names;
+  names.reserve(count);
+  for (size_t i = 0; i < count; i++) {
+    names.push_back({by_use[i].second->parent_, by_use[i].second->name_});
+  }
+  return names;
 }
 
 void InodeTable::forget(Inode& inode, uint64_t lookups) {
@@ -39,6 +71,7 @@ void InodeTable::forget(Inode& inode, uint64_t lookups) {
   auto it = by_key_.find(Key{inode.dev_, inode.ino_});
   if (it != by_key_.end() && it->second == &inode) by_key_.erase(it);
   owned_.erase(&inode);
+  size_.store(owned_.size(), std::memory_order_relaxed);
   delete &inode;
 }
 

@@ -156,7 +156,7 @@ int mount_and_serve(struct fuse_args* args, const fuse_cmdline_opts& opts, const
   if (fuse_set_signal_handlers(se) == 0) {
     if (fuse_session_mount(se, opts.mountpoint) == 0) {
       fuse_daemonize(opts.foreground);
-      (*fs)->start();
+      (*fs)->start(se);
       rc = run_session(se, opts) == 0 ? 0 : 1;
       if (intersync::Status stopped = (*fs)->stop(); !stopped.ok()) {
         intersync::log_error("izofs: {}", stopped.error().message);

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
@@ -40,6 +41,13 @@ namespace {
 // mtime or size (FUSE_CAP_AUTO_INVAL_DATA, on by default).
 constexpr double kCacheSeconds = 1.0;
 constexpr std::chrono::milliseconds kMaxSyncDelay{1000};
+// How often the inode count is looked at without being asked, and how long
+// a reclaim pass lets the kernel's forgets come in before the next one.
+constexpr std::chrono::milliseconds kReclaimInterval{1000};
+constexpr std::chrono::milliseconds kReclaimPause{50};
+// How long an operation short of descriptors waits for the reclaim.
+constexpr int kDescriptorTries = 100;
+constexpr std::chrono::milliseconds kDescriptorWait{10};
 
 constexpr std::string_view kNoJournalXattrPrefix = "user.intersync.";
 constexpr char kFilesetXattr[] = "user.izofs.fileset";
@@ -125,6 +133,14 @@ int errno_or_eio() {
   return errno != 0 ? errno : EIO;
 }
 
+// How many inodes (each holding a descriptor) izofs keeps at most: half its
+// open-file limit, the rest being for open files and directories.
+size_t inode_budget() {
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return 1 << 20;
+  return std::max<size_t>(limit.rlim_cur / 2, 64);
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Izofs>> Izofs::create(const IzofsConfig& config) {
@@ -144,16 +160,62 @@ Result<std::unique_ptr<Izofs>> Izofs::create(const IzofsConfig& config) {
 Izofs::Izofs(const IzofsConfig& config, UniqueFd root, const struct stat& root_st)
     : config_(config),
       as_root_(geteuid() == 0),
+      max_inodes_(inode_budget()),
       inodes_(std::move(root), root_st),
       fetcher_(config.fileset, config.fetch_timeout) {}
 
-void Izofs::start() {
+void Izofs::start(struct fuse_session* se) {
   kml_.start(kMaxSyncDelay);
+  reclaimer_ = std::thread([this, se] { reclaim_inodes(se); });
 }
 
 Status Izofs::stop() {
+  {
+    std::lock_guard lock(reclaim_mutex_);
+    stopping_ = true;
+    reclaim_wanted_.notify_one();
+  }
+  if (reclaimer_.joinable()) reclaimer_.join();
   fetcher_.stop();
   return kml_.stop();
+}
+
+int Izofs::open_reclaiming(const std::function<int()>& open_fd) {
+  for (int tries = 1;; tries++) {
+    int fd = open_fd();
+    if (fd >= 0 || (errno != EMFILE && errno != ENFILE) || tries == kDescriptorTries) return fd;
+    reclaim_soon();
+    std::this_thread::sleep_for(kDescriptorWait);
+  }
+}
+
+void Izofs::reclaim_soon() {
+  if (reclaim_asked_.exchange(true)) return;
+  std::lock_guard lock(reclaim_mutex_);
+  reclaim_wanted_.notify_one();
+}
+
+void Izofs::reclaim_inodes(struct fuse_session* se) {
+  std::unique_lock lock(reclaim_mutex_);
+  while (!stopping_) {
+    reclaim_wanted_.wait_for(lock, kReclaimInterval,
+                             [this] { return stopping_ || reclaim_asked_.load(); });
+    reclaim_asked_.store(false);
+    size_t held = inodes_.size();
+    if (stopping_ || held <= max_inodes_) continue;
+    lock.unlock();
+    // The kernel drops the entries nobody uses and forgets their inodes;
+    // a directory's entry takes its unused descendants along.
+    for (const auto& entry : inodes_.least_recently_used(held - max_inodes_ / 2)) {
+      fuse_lowlevel_notify_inval_entry(se, entry.parent, entry.name.data(), entry.name.size());
+    }
+    lock.lock();
+    // Inodes still in use cannot be forgotten: when nothing went, give the
+    // kernel a moment before trying again.
+    if (inodes_.size() >= held) {
+      reclaim_wanted_.wait_for(lock, kReclaimPause, [this] { return stopping_; });
+    }
+  }
 }
 
 // ------------------------------------------------------------- helpers
@@ -184,9 +246,11 @@ std::optional<std::string> Izofs::path_of(int fd) const {
 int Izofs::lookup_entry(Inode& parent, const char* name, fuse_entry_param* e) {
   *e = fuse_entry_param{};
   e->attr_timeout = e->entry_timeout = kCacheSeconds;
-  UniqueFd fd(openat(parent.fd(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  UniqueFd fd(
+      open_reclaiming([&] { return openat(parent.fd(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC); }));
   if (!fd.valid() || fstat(fd.get(), &e->attr) != 0) return errno_or_eio();
-  e->ino = inodes_.id_of(inodes_.remember(std::move(fd), e->attr));
+  e->ino = inodes_.id_of(inodes_.remember(std::move(fd), e->attr, inodes_.id_of(parent), name));
+  if (inodes_.size() > max_inodes_) reclaim_soon();
   return 0;
 }
 
@@ -590,6 +654,9 @@ void Izofs::rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino
     fuse_reply_err(req, errno_or_eio());
     return;
   }
+  struct stat moved;
+  const bool found = fstatat(to.fd(), newname, &moved, AT_SYMLINK_NOFOLLOW) == 0;
+  if (found) inodes_.renamed(moved, newparent, newname);
   auto from_dir = c.replicator ? std::nullopt : path_of(from.fd());
   auto to_dir = c.replicator ? std::nullopt : path_of(to.fd());
   if (!from_dir || !to_dir) {
@@ -613,10 +680,9 @@ void Izofs::rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino
     err = journal(rec);
   } else if (!is_internal_path(src)) {
     // Out of sight: for a replica it is gone.
-    struct stat object;
-    if (fstatat(to.fd(), newname, &object, AT_SYMLINK_NOFOLLOW) == 0) {
-      std::string old_target = S_ISLNK(object.st_mode) ? read_link_at(to.fd(), newname) : "";
-      err = journal_removal(c, src, object, old_target, from_old, from_new);
+    if (found) {
+      std::string old_target = S_ISLNK(moved.st_mode) ? read_link_at(to.fd(), newname) : "";
+      err = journal_removal(c, src, moved, old_target, from_old, from_new);
     }
   } else if (!is_internal_path(tgt)) {
     err = journal_appearance(c, tgt, to.fd(), newname, to_old, to_new);
@@ -634,7 +700,7 @@ void Izofs::create(fuse_req_t req, fuse_ino_t parent_id, const char* name, mode_
     return;
   }
   int flags = (fi->flags | O_CREAT | O_EXCL | O_CLOEXEC) & ~O_NOFOLLOW;
-  UniqueFd fd(openat(parent.fd(), name, flags, mode));
+  UniqueFd fd(open_reclaiming([&] { return openat(parent.fd(), name, flags, mode); }));
   if (!fd.valid()) {
     int err = errno_or_eio();
     fuse_entry_param e;
@@ -653,13 +719,15 @@ void Izofs::create(fuse_req_t req, fuse_ino_t parent_id, const char* name, mode_
   }
   fuse_entry_param e{};
   e.attr_timeout = e.entry_timeout = kCacheSeconds;
-  UniqueFd object(::open(ProcPath(fd.get()).c_str(), O_PATH | O_CLOEXEC));
+  UniqueFd object(
+      open_reclaiming([&] { return ::open(ProcPath(fd.get()).c_str(), O_PATH | O_CLOEXEC); }));
   if (err == 0 && (!object.valid() || fstat(fd.get(), &e.attr) != 0)) err = errno_or_eio();
   if (err != 0) {
     fuse_reply_err(req, err);
     return;
   }
-  e.ino = inodes_.id_of(inodes_.remember(std::move(object), e.attr));
+  e.ino = inodes_.id_of(inodes_.remember(std::move(object), e.attr, parent_id, name));
+  if (inodes_.size() > max_inodes_) reclaim_soon();
   auto dir = c.replicator ? std::nullopt : path_of(parent.fd());
   if (dir && !is_internal_path(join_rel(*dir, name))) {
     struct stat dir_new;
@@ -696,7 +764,7 @@ void Izofs::open_inode(fuse_req_t req, Inode& inode, fuse_file_info fi, const Ca
     fuse_reply_err(req, errno_or_eio());
     return;
   }
-  UniqueFd fd(::open(ProcPath(inode.fd()).c_str(), flags));
+  UniqueFd fd(open_reclaiming([&] { return ::open(ProcPath(inode.fd()).c_str(), flags); }));
   if (!fd.valid()) {
     fuse_reply_err(req, errno_or_eio());
     return;
@@ -888,7 +956,9 @@ void Izofs::lseek(fuse_req_t req, off_t off, int whence, struct fuse_file_info* 
 }
 
 void Izofs::opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
-  int fd = openat(inodes_.at(ino).fd(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  Inode& inode = inodes_.at(ino);
+  int fd =
+      open_reclaiming([&] { return openat(inode.fd(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC); });
   DIR* dir = fd >= 0 ? fdopendir(fd) : nullptr;
   if (!dir) {
     int err = errno_or_eio();
@@ -927,7 +997,10 @@ void Izofs::readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset,
     size_t size_needed;
     if (plus) {
       fuse_entry_param e{};
-      if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
+      // Over the inode budget (a large listing), entries go without their
+      // attributes: the kernel looks them up when they are used.
+      if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0 ||
+          inodes_.size() > max_inodes_ + max_inodes_ / 2) {
         e.attr.st_ino = d.entry->d_ino;
         e.attr.st_mode = static_cast<mode_t>(d.entry->d_type) << 12;
       } else if ((err = lookup_entry(dir, name, &e)) == ENOENT) {

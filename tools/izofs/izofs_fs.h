@@ -12,12 +12,16 @@
 
 #include <fuse_lowlevel.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "content_fetcher.h"
 #include "group_commit_log.h"
@@ -53,10 +57,12 @@ class Izofs {
   // The operations table; the session's userdata must be the Izofs.
   static const fuse_lowlevel_ops& operations();
 
-  // Starts the thread that makes records durable within a second (after
-  // fuse_daemonize, which forks).
-  void start();
-  // Ends waiting fetches (they fail) and makes every record durable.
+  // Starts the threads that make records durable within a second and keep
+  // the inodes within the descriptor budget (after fuse_daemonize, which
+  // forks).
+  void start(struct fuse_session* se);
+  // Stops them, ends waiting fetches (they fail) and makes every record
+  // durable.
   intersync::Status stop();
 
   // Operations, named as in fuse_lowlevel_ops.
@@ -155,16 +161,31 @@ class Izofs {
                       const std::string& old_target, const struct stat& dir_old,
                       const struct stat& dir_new);
 
+  // Keeps at most max_inodes_ inodes: beyond that, asks the kernel to drop
+  // the entries of the least recently used, which makes it forget them.
+  void reclaim_inodes(struct fuse_session* se);
+  void reclaim_soon();
+  // Runs `open_fd` (a descriptor, or -1 and errno) again while it fails for
+  // want of descriptors, having inodes reclaimed, for up to a second.
+  int open_reclaiming(const std::function<int()>& open_fd);
+
   bool is_root_virtual_xattr(fuse_ino_t ino, const char* name) const;
   void set_virtual_xattr(fuse_req_t req, const char* name, std::string_view value);
   void get_virtual_xattr(fuse_req_t req, const char* name, size_t size);
 
   const IzofsConfig config_;
   const bool as_root_;  // izofs runs as root: new objects are given to their creators
+  const size_t max_inodes_;
   InodeTable inodes_;
   GroupCommitLog kml_;
   ReplicatorRegistry replicator_;
   ContentFetcher fetcher_;
+
+  std::mutex reclaim_mutex_;
+  std::condition_variable reclaim_wanted_;
+  std::atomic<bool> reclaim_asked_{false};
+  bool stopping_ = false;
+  std::thread reclaimer_;
 };
 
 }  // namespace izofs
