@@ -187,6 +187,7 @@ int main(int argc, char** argv) {
     rc = 0;
   } else if (opts.show_version) {
     fmt::print("izofs (intersync) {}\n", INTERSYNC_VERSION);
+    fflush(stdout);  // libfuse's lines come from fusermount3 too
     fuse_lowlevel_version();
     rc = 0;
   } else {
