@@ -24,16 +24,6 @@ int64_t ctime_ns(const struct stat& st) {
   return int64_t(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
 }
 
-KmlVersion version_of(const struct stat& st) {
-  KmlVersion v;
-  v.mtime_sec = static_cast<uint32_t>(st.st_mtim.tv_sec);
-  v.mtime_nsec = static_cast<uint32_t>(st.st_mtim.tv_nsec);
-  v.ctime_sec = static_cast<uint32_t>(st.st_ctim.tv_sec);
-  v.ctime_nsec = static_cast<uint32_t>(st.st_ctim.tv_nsec);
-  v.size = static_cast<uint64_t>(st.st_size);
-  return v;
-}
-
 bool supported(const struct stat& st) {
   return S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) || S_ISLNK(st.st_mode);
 }

@@ -2,6 +2,7 @@
 #include "fileset_dir.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -12,6 +13,107 @@
 
 namespace intersync {
 namespace {
+
+Error sys_error(const std::string& path) {
+  return errno_error(path + ": " + strerror(errno));
+}
+
+// Each make_* returns true if it created the item, false if a suitable one
+// was already there.
+Result<bool> make_dir(const std::string& path) {
+  if (mkdir(path.c_str(), 0755) == 0) return true;
+  if (errno != EEXIST) return sys_error(path);
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return sys_error(path);
+  if (!S_ISDIR(st.st_mode)) return Error{-ENOTDIR, path + ": exists and is not a directory"};
+  return false;
+}
+
+Result<bool> make_symlink(const std::string& target, const std::string& path) {
+  if (symlink(target.c_str(), path.c_str()) == 0) return true;
+  if (errno != EEXIST) return sys_error(path);
+  char buf[4096];
+  ssize_t n = readlink(path.c_str(), buf, sizeof buf);
+  if (n < 0) return sys_error(path);
+  if (std::string(buf, static_cast<size_t>(n)) != target) {
+    return Error{-EEXIST, fmt::format("{}: exists and points to \"{}\", not \"{}\"", path,
+                                      std::string(buf, static_cast<size_t>(n)), target)};
+  }
+  return false;
+}
+
+Result<bool> make_empty_file(const std::string& path) {
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd >= 0) {
+    close(fd);
+    return true;
+  }
+  if (errno != EEXIST) return sys_error(path);
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) return sys_error(path);
+  if (!S_ISREG(st.st_mode)) return Error{-EEXIST, path + ": exists and is not a regular file"};
+  return false;
+}
+
+// Reads the uuid a fileset already has, refusing a file that holds none.
+Result<std::string> read_uuid(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return sys_error(path);
+  char buf[64];
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n < 0) return sys_error(path);
+  std::string text(buf, static_cast<size_t>(n));
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  uuid_t parsed;
+  if (uuid_parse(text.c_str(), parsed) != 0) {
+    return Error{-EINVAL, path + ": exists but does not hold a uuid"};
+  }
+  return text;
+}
+
+// Writes a fresh uuid to a temporary file and links it into place, so the
+// uuid file is either absent or complete, and an existing one is never
+// replaced even by a concurrent run.
+Result<bool> make_uuid_file(const std::string& path) {
+  uuid_t id;
+  uuid_generate(id);
+  char text[37];
+  uuid_unparse_lower(id, text);
+  std::string line = std::string(text) + "\n";
+
+  std::string tmp = fmt::format("{}.tmp.{}", path, getpid());
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return sys_error(tmp);
+  if (write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size()) || fsync(fd) != 0) {
+    Error err = sys_error(tmp);
+    close(fd);
+    unlink(tmp.c_str());
+    return err;
+  }
+  close(fd);
+  int rc = link(tmp.c_str(), path.c_str());
+  int link_errno = errno;
+  unlink(tmp.c_str());
+  if (rc == 0) return true;
+  if (link_errno != EEXIST) {
+    errno = link_errno;
+    return sys_error(path);
+  }
+  return false;
+}
+
+Status sync_dir(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return sys_error(path);
+  if (fsync(fd) != 0) {
+    Error err = sys_error(path);
+    close(fd);
+    return err;
+  }
+  close(fd);
+  return Status::Ok();
+}
 
 Status ensure_dir(const std::string& path) {
   if (::mkdir(path.c_str(), 0700) == 0 || errno == EEXIST) return {};
@@ -34,6 +136,44 @@ std::string izofs_fileset(const std::string& root) {
 }
 
 }  // namespace
+
+bool valid_fileset_name(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos;
+}
+
+const Error* FilesetLayout::first_error() const {
+  for (const auto& step : steps) {
+    if (!step.created.ok()) return &step.created.error();
+  }
+  if (!synced.ok()) return &synced.error();
+  if (!uuid.ok()) return &uuid.error();
+  return nullptr;
+}
+
+FilesetLayout make_fileset_layout(const std::string& root, const std::string& fset) {
+  FilesetLayout layout;
+  auto step = [&layout](const std::string& path, Result<bool> made) {
+    layout.steps.push_back({path, std::move(made)});
+    return layout.steps.back().created.ok();
+  };
+  std::string meta = root + "/.intermezzo";
+  std::string fset_dir = meta + "/" + fset;
+  if (!step(meta, make_dir(meta)) || !step(fset_dir, make_dir(fset_dir))) return layout;
+  step(fset_dir + "/ROOT", make_symlink("../..", fset_dir + "/ROOT"));
+  step(fset_dir + "/kml", make_empty_file(fset_dir + "/kml"));
+  step(fset_dir + "/last_rcvd", make_empty_file(fset_dir + "/last_rcvd"));
+  step(fset_dir + "/uuid", make_uuid_file(fset_dir + "/uuid"));
+
+  // New directory entries are made durable before saying the fileset exists.
+  for (const std::string& d : {fset_dir, meta, root}) {
+    if (Status s = sync_dir(d); !s.ok() && layout.synced.ok()) layout.synced = s;
+  }
+  for (const auto& s : layout.steps) {
+    if (!s.created.ok()) return layout;
+  }
+  if (layout.synced.ok()) layout.uuid = read_uuid(fset_dir + "/uuid");
+  return layout;
+}
 
 Result<FilesetDir> prepare_fileset_dir(const std::string& root, const std::string& fset) {
   FilesetDir d;

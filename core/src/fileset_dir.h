@@ -7,13 +7,45 @@
 // On an izofs mount the file system itself writes `kml`, as the original
 // kernel module did, and a backend follows it; the daemon then keeps its
 // replication journal (the record numbers it serves) in `sync.kml`.
+//
+// make_fileset_layout() is what mkizofs does and izofs does at mount time;
+// prepare_fileset_dir() is the daemon's.
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "intersync/result.h"
 
 namespace intersync {
+
+// A name a fileset can have: not empty, not "." or "..", no '/'.
+bool valid_fileset_name(const std::string& name);
+
+// One item of the layout: created (true), or already there and suitable
+// (false), or why it could not be made.
+struct LayoutStep {
+  std::string path;
+  Result<bool> created;
+};
+
+struct FilesetLayout {
+  std::vector<LayoutStep> steps;       // in order; ends early when a directory cannot be made
+  Status synced;                       // the new directory entries made durable
+  Result<std::string> uuid = Error{};  // read back once everything else succeeded
+
+  // The first thing that went wrong, or nullptr.
+  const Error* first_error() const;
+};
+
+// Creates what is missing of ROOT/.intermezzo/FSET/: the directories, the
+// ROOT symlink ("../.."), an empty kml and last_rcvd, and a `uuid` file
+// naming the fileset (written to a temporary file and linked into place, so
+// it is absent or complete and an existing one is never replaced). What
+// exists is left alone; something in the way (a file where a directory
+// belongs, ROOT pointing elsewhere) is an error naming it. New entries are
+// made durable before it returns.
+FilesetLayout make_fileset_layout(const std::string& root, const std::string& fset);
 
 struct FilesetDir {
   std::string dir;        // <root>/.intermezzo/<fset>

@@ -10,6 +10,7 @@
 // memcpy (logit), so a u64 lands wherever the previous field ended.
 #include <endian.h>
 #include <fmt/format.h>
+#include <sys/stat.h>
 
 #include <cstring>
 #include <iterator>
@@ -335,6 +336,16 @@ Error bad_message(std::string message) {
 }
 
 }  // namespace
+
+KmlVersion version_of(const struct stat& st) {
+  KmlVersion v;
+  v.mtime_sec = static_cast<uint32_t>(st.st_mtim.tv_sec);
+  v.mtime_nsec = static_cast<uint32_t>(st.st_mtim.tv_nsec);
+  v.ctime_sec = static_cast<uint32_t>(st.st_ctim.tv_sec);
+  v.ctime_nsec = static_cast<uint32_t>(st.st_ctim.tv_nsec);
+  v.size = static_cast<uint64_t>(st.st_size);
+  return v;
+}
 
 const char* kml_op_name(KmlOp op) {
   // Opcodes 0 to 18 as the original numbered them, the reserved ones included

@@ -17,6 +17,8 @@
 
 #include "intersync/result.h"
 
+struct stat;
+
 namespace intersync {
 
 inline constexpr uint32_t kKmlVersion = 0x00010002;  // major 1, minor 2
@@ -50,6 +52,9 @@ struct KmlVersion {
   uint64_t size = 0;
   bool operator==(const KmlVersion&) const = default;
 };
+
+// The version of a file-system object as stat(2) reports it.
+KmlVersion version_of(const struct stat& st);
 
 // "RB" in KML.md: 24 bytes.
 struct KmlRollback {
