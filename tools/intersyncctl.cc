@@ -3,6 +3,7 @@
 //   intersyncctl -c /etc/intersync.yaml status [--json]
 //   intersyncctl -c /etc/intersync.yaml conflicts [--json]
 //   intersyncctl -c /etc/intersync.yaml confirm FSET
+//   intersyncctl -c /etc/intersync.yaml fetch|pin|evict PATH   (data on demand)
 //   intersyncctl --socket /var/intermezzo-0/control.sock status
 //
 // Exit status: 0 on an answer, 3 when the daemon is not running (as LSB
@@ -14,6 +15,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -90,6 +92,18 @@ int main(int argc, char** argv) {
   auto* confirm = app.add_subcommand(
       "confirm", "let a batch of deletions held by the mass-deletion guard go to the server");
   confirm->add_option("FSET", fset, "the fileset")->required();
+  // Data on demand: PATH is a file or directory inside a client fileset.
+  std::string demand_path;
+  std::vector<CLI::App*> demand;
+  for (auto [name, help] : {std::pair{"fetch", "fetch the content of PATH now (a file, or all "
+                                               "of a directory)"},
+                            std::pair{"pin", "fetch PATH and keep it fetched as it changes"},
+                            std::pair{"evict", "drop the local content of PATH (it is fetched "
+                                               "again when opened); unpins it"}}) {
+    auto* sub = app.add_subcommand(name, help);
+    sub->add_option("PATH", demand_path, "a path inside a client fileset")->required();
+    demand.push_back(sub);
+  }
   app.require_subcommand(1);
   CLI11_PARSE(app, argc, argv);
 
@@ -104,6 +118,23 @@ int main(int argc, char** argv) {
   nlohmann::json request{{"cmd", "status"}};
   if (conflicts->parsed()) request = {{"cmd", "conflicts"}};
   if (confirm->parsed()) request = {{"cmd", "confirm"}, {"fileset", fset}};
+  for (auto* sub : demand) {
+    if (!sub->parsed()) continue;
+    std::string absolute = std::filesystem::absolute(demand_path).lexically_normal().string();
+    if (absolute.size() > 1 && absolute.back() == '/') absolute.pop_back();
+    request = {{"cmd", sub->get_name()}, {"path", absolute}};
+    std::string reply;
+    if (int rc = ask(socket_path, request, &reply); rc != 0) return rc;
+    auto answer = nlohmann::json::parse(reply, nullptr, false);
+    if (answer.is_discarded() || !answer.value("ok", false)) {
+      std::fprintf(stderr, "intersyncctl: %s %s: %s\n", sub->get_name().c_str(),
+                   absolute.c_str(),
+                   answer.is_object() ? answer.value("error", reply).c_str() : reply.c_str());
+      return 1;
+    }
+    std::printf("%s: %s\n", sub->get_name().c_str(), absolute.c_str());
+    return 0;
+  }
   std::string reply;
   if (int rc = ask(socket_path, request, &reply); rc != 0) return rc;
   auto answer = nlohmann::json::parse(reply, nullptr, false);

@@ -12,6 +12,7 @@
 #include "intersync/log.h"
 #include "intersync_build_config.h"
 #include "json_text.h"
+#include "path_util.h"
 
 namespace intersync {
 namespace {
@@ -316,9 +317,43 @@ void Daemon::on_control_request(const std::string& line,
       }
     }
     respond(nlohmann::json{{"fileset", fset}, {"found", found}, {"released", held}}.dump());
+  } else if (cmd == "fetch" || cmd == "pin" || cmd == "evict") {
+    on_demand_request(cmd, req, std::move(respond));
   } else {
     respond(nlohmann::json{{"error", "unknown command '" + cmd + "'"}}.dump());
   }
+}
+
+void Daemon::on_demand_request(const std::string& cmd, const nlohmann::json& req,
+                               std::function<void(std::string)> respond) {
+  auto fail = [&](const std::string& why) { respond(nlohmann::json{{"error", why}}.dump()); };
+  std::string fset = req.value("fileset", ""), path = req.value("path", "");
+  FilesetClient* target = nullptr;
+  std::string rel;
+  for (auto& c : clients_) {
+    const std::string& root = c->config().path;
+    if (!fset.empty()) {
+      if (c->config().name != fset) continue;
+      target = c.get();
+      rel = path;
+    } else if (path == root) {
+      target = c.get();
+    } else if (path.size() > root.size() && path.starts_with(root) && path[root.size()] == '/') {
+      target = c.get();
+      rel = path.substr(root.size() + 1);
+    }
+    if (target) break;
+  }
+  if (!target) {
+    return fail(fset.empty() ? "'" + path + "' is in no client fileset of this daemon"
+                             : "no client fileset '" + fset + "'");
+  }
+  auto normal = normalize_rel_path(rel);
+  if (!normal) return fail(normal.error().message);
+  target->on_demand(cmd, *normal, [respond = std::move(respond)](Status s) {
+    respond(s ? nlohmann::json{{"ok", true}}.dump()
+              : json_text(nlohmann::json{{"error", s.error().message}}));
+  });
 }
 
 nlohmann::json Daemon::status() const {

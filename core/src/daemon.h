@@ -51,6 +51,10 @@ class Daemon {
   void close_control_socket();
   // Answers one control request by calling `respond` once, now or later.
   void on_control_request(const std::string& line, std::function<void(std::string)> respond);
+  // fetch, pin, evict: by `fileset` and relative `path` (izofs), or by
+  // absolute `path` (intersyncctl).
+  void on_demand_request(const std::string& cmd, const nlohmann::json& req,
+                         std::function<void(std::string)> respond);
 
   Config config_;
   uv_loop_t loop_{};

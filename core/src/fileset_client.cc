@@ -2,6 +2,8 @@
 // atomically and durably; see fileset_client.h.
 #include "fileset_client.h"
 
+#include "client_batch.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -42,26 +44,6 @@ uint64_t get_u64(const char* p) {
 
 }  // namespace
 
-// Index meta key: the contents the batch being applied writes (path ->
-// [content id, recno]).
-constexpr const char* kApplyingKey = "applying";
-
-// One unit of application: records in order, the small contents fetched for
-// them, and the large contents staged in tmp/.
-struct FilesetClient::Batch {
-  std::vector<KmlRecord> records;
-  std::map<Hash, std::string> small;  // content id -> bytes (unverified)
-  std::set<Hash> staged;              // content ids downloaded to tmp/<hex>
-  std::set<Hash> requested;           // content ids asked of the server
-  uint32_t last_recno = 0;
-  // Filled by the job:
-  uint32_t applied_upto = 0;
-  size_t skipped = 0;
-  std::string error;
-  size_t missing = 0;  // contents the server did not have when asked
-  std::optional<Hash> refetch;  // a content to ask the server for (see ContentSources)
-};
-
 namespace {
 
 // Everything the thread-pool job needs; the loop does not touch the index
@@ -82,6 +64,30 @@ struct ApplyJob {
 
 // Runs on the thread pool: applies the batch, makes it durable with one
 // syncfs, then advances the index and last_rcvd.
+// Runs a local batch (see Batch::local): no syncfs, no last_rcvd; a crash
+// leaves placeholders or fetched files, both valid states.
+void run_local_job(ApplyJob& job, RecordApplier& applier) {
+  FilesetClient::Batch& b = *job.batch;
+  if (b.local == FilesetClient::Batch::Local::Install) {
+    ContentSources sources;
+    sources.staged = b.staged_as;
+    for (size_t i = 0; i < b.records.size(); ++i) {
+      std::string err;
+      size_t skipped = applier.skipped();
+      if (!applier.apply(b.records, i, sources, &err) || applier.skipped() != skipped) {
+        b.failed.push_back(b.records[i].path + ": " + (err.empty() ? "not installed" : err));
+      }
+    }
+    for (const auto& [id, name] : sources.staged) unlink((job.tmp_dir + "/" + name).c_str());
+  } else {
+    for (const auto& path : b.evict) {
+      std::string why;
+      if (!applier.make_placeholder(path, &why)) b.failed.push_back(path + ": " + why);
+    }
+  }
+  if (Status s = job.index->commit(); !s) b.error = s.error().message;
+}
+
 void run_apply_job(ApplyJob& job) {
   FilesetClient::Batch& b = *job.batch;
   RecordApplier applier(*job.root, *job.index, job.tmp_dir, job.fset);
@@ -89,6 +95,7 @@ void run_apply_job(ApplyJob& job) {
     b.error = s.error().message;
     return;
   }
+  if (b.local != FilesetClient::Batch::Local::None) return run_local_job(job, applier);
   applier.protect(job.protect);
   // What this batch is about to write, durable before the first file
   // moves: after a crash, content found here that the index does not know
@@ -107,6 +114,7 @@ void run_apply_job(ApplyJob& job) {
   sources.small = std::move(b.small);
   for (const auto& id : b.staged) sources.staged[id] = hash_hex(id);
   sources.can_refetch = true;
+  sources.on_demand = b.on_demand;
   sources.requested = b.requested;
   for (size_t i = 0; i < b.records.size(); ++i) {
     std::string err;
@@ -188,6 +196,7 @@ Status FilesetClient::start(std::unique_ptr<Transport> transport,
     closedir(d);
   }
   ignore_.load_file(config_.path);
+  load_pins();
   if (config_.write_back) {
     if (Status s = local_journal_.open(dir_.kml); !s) return s;
     reintegrated_ = static_cast<uint32_t>(std::stoul(index_->meta("reintegrated").value_or("0")));
@@ -241,6 +250,7 @@ void FilesetClient::stop() {
   state_ = State::Stopped;
   ++generation_;
   retry_timer_.stop();
+  fail_on_demand("the daemon is stopping");
   if (backend_) backend_->stop();
   if (session_) session_->close();
   if (transport_) transport_->stop();
@@ -466,6 +476,9 @@ void FilesetClient::next_batch() {
       const FileState* idx = index_->find(r.path);
       bool have = !refetch_.count(r.hash) &&
                   ((idx && idx->content_id == r.hash) || index_->path_of_content(r.hash));
+      // Data on demand: only pinned files are fetched now, the others
+      // become placeholders until a user opens them.
+      if (config_.data_on_demand && !pinned(r.path)) have = true;
       if (!have) {
         wanted.insert(r.hash);
         if (r.size <= protocol::kSmallFile) {
@@ -482,6 +495,7 @@ void FilesetClient::next_batch() {
   }
   pending_bytes_ += small_bytes;
   batch->requested = std::move(wanted);
+  batch->on_demand = config_.data_on_demand;
   fetching_ = std::move(batch);
   fetches_in_flight_ = 1;  // released below, after every fetch is issued
   for (size_t i = 0; i < small.size(); i += kBulkIds) {
@@ -560,66 +574,6 @@ void FilesetClient::fetch_small(std::vector<Hash> ids) {
                  }));
 }
 
-namespace {
-
-// Streams one response body into a staging file with uv_fs_write, pausing
-// the call while more than a few MiB wait for the disk.
-struct StagedDownload : std::enable_shared_from_this<StagedDownload> {
-  uv_loop_t* loop = nullptr;
-  int fd = -1;
-  uint64_t offset = 0;
-  uint64_t queued = 0;
-  int write_error = 0;
-  bool paused = false;
-  bool response_done = false;
-  Status response_status;
-  int http_status = 0;
-  std::shared_ptr<ClientCall> call;
-  std::function<void(StagedDownload&)> finished;
-
-  ~StagedDownload() {
-    if (fd >= 0) ::close(fd);
-  }
-
-  void write(std::string_view data) {
-    struct Req {
-      uv_fs_t fs;
-      std::string buf;
-      std::shared_ptr<StagedDownload> owner;
-    };
-    auto* req = new Req{{}, std::string(data), shared_from_this()};
-    req->fs.data = req;
-    uv_buf_t b = uv_buf_init(req->buf.data(), static_cast<unsigned>(req->buf.size()));
-    queued += data.size();
-    int64_t at = static_cast<int64_t>(offset);
-    offset += data.size();
-    uv_fs_write(loop, &req->fs, fd, &b, 1, at, [](uv_fs_t* f) {
-      std::unique_ptr<Req> r(static_cast<Req*>(f->data));
-      auto& self = *r->owner;
-      if (f->result < 0 && self.write_error == 0) self.write_error = static_cast<int>(f->result);
-      self.queued -= r->buf.size();
-      uv_fs_req_cleanup(f);
-      if (self.paused && self.queued < (2u << 20) && self.call) {
-        self.paused = false;
-        self.call->resume();
-      }
-      self.maybe_finish();
-    });
-    if (queued > (8u << 20) && call && !paused) {
-      paused = true;
-      call->pause();
-    }
-  }
-
-  void maybe_finish() {
-    if (!response_done || queued > 0 || !finished) return;
-    auto f = std::move(finished);
-    finished = nullptr;
-    f(*this);
-  }
-};
-
-}  // namespace
 
 void FilesetClient::fetch_large(const Hash& id, uint64_t size) {
   std::string hex = hash_hex(id);
@@ -714,9 +668,11 @@ void FilesetClient::apply(std::unique_ptr<Batch> batch) {
     // changed here meanwhile is left alone (it differs from the index) and
     // reintegrated afterwards, where the server sees both versions.
     tracker_->pause();
-    job->protect = [paths = local_pending_paths()](const std::string& p) {
-      return paths.count(p) > 0;
-    };
+    if (job->batch->local == Batch::Local::None) {
+      job->protect = [paths = local_pending_paths()](const std::string& p) {
+        return paths.count(p) > 0;
+      };
+    }
   }
   job->work.data = job;
   auto alive = std::weak_ptr<bool>(alive_);
@@ -725,6 +681,7 @@ void FilesetClient::apply(std::unique_ptr<Batch> batch) {
     applying_ = false;
     if (tracker_) tracker_->resume();
     Batch& b = *j->batch;
+    if (b.local != Batch::Local::None) return local_batch_done(b);
     entries_ = j->entries ? j->entries : entries_;
     if (b.applied_upto > applied_) applied_ = b.applied_upto;
     if (!b.error.empty()) {
@@ -756,14 +713,7 @@ void FilesetClient::apply(std::unique_ptr<Batch> batch) {
     interrupted_batch_.clear();
     if (b.skipped == 0 && last_error_.rfind("applying", 0) == 0) last_error_.clear();
     log_debug("fileset '{}': applied records up to {}", config_.name, applied_);
-    if (local_pending()) {
-      reintegrate();
-    } else if (fetching_ && fetches_in_flight_ == 0) {
-      apply(std::move(fetching_));
-    } else {
-      next_batch();
-      poll();
-    }
+    carry_on();
   };
   uv_queue_work(
       loop_, &job->work, [](uv_work_t* w) { run_apply_job(*static_cast<ApplyJob*>(w->data)); },
@@ -1047,6 +997,11 @@ void FilesetClient::on_reintegrated(std::shared_ptr<UploadPlan> plan, const std:
     index_->put(path, forget);
     tracker_->reconcile_now(path);
   }
+  carry_on();
+}
+
+void FilesetClient::carry_on() {
+  if (start_local_batch()) return;
   if (local_pending()) return reintegrate();
   if (fetching_ && fetches_in_flight_ == 0 && !applying_) return apply(std::move(fetching_));
   next_batch();
@@ -1089,6 +1044,8 @@ nlohmann::json FilesetClient::status() const {
   j["entries"] = entries_;
   j["last_error"] = last_error_;
   j["write_back"] = config_.write_back;
+  j["data_on_demand"] = config_.data_on_demand;
+  if (config_.data_on_demand) j["pinned"] = pins_;
   if (tracker_) {
     j["local_pending"] = local_journal_.head() - reintegrated_;
     j["local_head"] = local_journal_.head();

@@ -72,6 +72,9 @@ class FilesetClient : public BackendHost {
   // Drops the batch being fetched, its records back in pending_.
   void requeue_fetching();
   void apply(std::unique_ptr<Batch> batch);
+  // What follows a batch or a reintegration: a queued local batch, local
+  // records to send, the next batch of the server's.
+  void carry_on();
   void lost(const std::string& why);
   // Write-back: sends local records after reintegrated_ to the server.
   void reintegrate();
@@ -82,6 +85,38 @@ class FilesetClient : public BackendHost {
   // Paths the local records not yet reintegrated touch: the server's
   // records leave them alone until the server has judged those.
   std::set<std::string> local_pending_paths() const;
+
+  // Data on demand (on_demand.cc).
+ public:
+  // `intersyncctl fetch|pin|evict` and izofs's fetch on open: `path` is
+  // relative to the fileset root ("" = all of it). `done` is called once.
+  void on_demand(const std::string& cmd, const std::string& path,
+                 std::function<void(Status)> done);
+
+ private:
+  bool pinned(const std::string& path) const;
+  void fetch_on_demand(const std::string& path, std::function<void(Status)> done);
+  void evict(const std::string& path, std::function<void(Status)> done);
+  // Files at or under `path` (a file or a directory) in the index.
+  std::vector<std::string> files_at(const std::string& path) const;
+  bool is_placeholder_path(const std::string& path) const;
+  void queue_local_batch(std::unique_ptr<Batch> batch);
+  // Starts a queued local batch when nothing else uses the index.
+  bool start_local_batch();
+  void local_batch_done(Batch& b);
+  std::vector<std::string> pins_;           // pinned paths, kept in the index
+  std::deque<std::unique_ptr<Batch>> local_batches_;
+  // Downloads on demand in flight, by content id.
+  struct Demand {
+    std::set<std::string> paths;  // placeholders that get this content
+    std::vector<std::function<void(Status)>> waiters;
+  };
+  std::map<Hash, Demand> demands_;
+  void download_on_demand(const Hash& id, uint64_t size);
+  void load_pins();
+  // Answers every fetch, pin and evict still waiting with an error.
+  void fail_on_demand(const std::string& why);
+  void save_pins();
   void set_error(const std::string& e);
 
   uv_loop_t* loop_;
