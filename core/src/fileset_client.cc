@@ -15,6 +15,7 @@
 #include <ctime>
 #include <map>
 #include <random>
+#include <thread>
 
 #include "intersync/log.h"
 #include "json_text.h"
@@ -116,6 +117,7 @@ void run_apply_job(ApplyJob& job) {
   sources.can_refetch = true;
   sources.on_demand = b.on_demand;
   sources.requested = b.requested;
+  applier.prestage(b.records, sources, std::thread::hardware_concurrency());
   for (size_t i = 0; i < b.records.size(); ++i) {
     std::string err;
     if (!applier.apply(b.records, i, sources, &err)) {
@@ -128,6 +130,7 @@ void run_apply_job(ApplyJob& job) {
     }
     b.applied_upto = b.records[i].recno;
   }
+  applier.discard_prestaged(sources);
   b.skipped = applier.skipped();
   if (b.applied_upto == 0) return;
   const SafeRoot& root = *job.root;

@@ -7,7 +7,9 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <optional>
 #include <random>
+#include <thread>
 
 #include "intersync/log.h"
 
@@ -145,6 +147,7 @@ class RecordApplier::Impl {
 
   bool apply(std::vector<KmlRecord>& recs, size_t i, ContentSources& src, std::string* err) {
     src_ = &src;
+    current_ = i;
     KmlRecord& r = recs[i];
     if (protect && touches_protected(r))
       return skip(r, "a local change to it is not reintegrated yet");
@@ -338,6 +341,14 @@ class RecordApplier::Impl {
     struct stat installed;
     int stat_rc = fstat(fd, &installed);
     ::close(fd);
+    if (stat_rc != 0) installed.st_ino = 0;
+    return place_staged(r, tmp, installed, dirfd, name, std::move(fs), err);
+  }
+
+  // Renames staging/<tmp>, whose state is `installed`, to dirfd/<name> and
+  // indexes it.
+  bool place_staged(const KmlRecord& r, const std::string& tmp, struct stat installed, int dirfd,
+                    const std::string& name, FileState fs, std::string* err) {
     if (protect && changed_here(dirfd, name, r.path)) {
       // Written here while the record's bytes were being prepared.
       unlinkat(staging_.get(), tmp.c_str(), 0);
@@ -348,8 +359,64 @@ class RecordApplier::Impl {
       if (e == EISDIR || e == ENOTEMPTY) return skip(r, "a directory is in the way");
       return fail(err, root_.path() + "/" + r.path, e);
     }
-    if (stat_rc == 0) index_stat(r.path, std::move(fs), installed);
+    if (installed.st_ino != 0) index_stat(r.path, std::move(fs), installed);
     return true;
+  }
+
+  // Writes one small content to a staging file with the record's mode and
+  // mtime (thread-safe: touches nothing but that file).
+  std::optional<ContentSources::Prestaged> prestage_one(const KmlRecord& r,
+                                                        const std::string& bytes) const {
+    Manifest m = manifest_of(bytes);
+    if (m.content_id != r.hash) return std::nullopt;  // apply() reports it
+    ContentSources::Prestaged p;
+    p.name = staging_name();
+    int fd = openat(staging_.get(), p.name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return std::nullopt;
+    bool ok = true;
+    for (size_t off = 0; ok && off < bytes.size();) {
+      ssize_t n = write(fd, bytes.data() + off, bytes.size() - off);
+      if (n < 0 && errno == EINTR) continue;
+      ok = n > 0;
+      off += ok ? static_cast<size_t>(n) : 0;
+    }
+    struct timespec ts[2] = {{0, UTIME_OMIT},
+                             {time_t(r.v_obj_new.mtime_sec), long(r.v_obj_new.mtime_nsec)}};
+    ok = ok && fchmod(fd, r.mode & 07777) == 0 && futimens(fd, ts) == 0 && fstat(fd, &p.st) == 0;
+    ::close(fd);
+    if (!ok) {
+      unlinkat(staging_.get(), p.name.c_str(), 0);
+      return std::nullopt;  // apply() writes it again and reports what fails
+    }
+    if (m.chunks.size() > 1) p.chunks = pack_chunks(m.chunks);
+    return p;
+  }
+
+  void prestage(const std::vector<KmlRecord>& recs, ContentSources& sources, unsigned threads) {
+    std::vector<size_t> todo;
+    for (size_t i = 0; i < recs.size(); ++i) {
+      const KmlRecord& r = recs[i];
+      if (r.opcode == KmlOp::Content && r.size > 0 && sources.small.count(r.hash)) todo.push_back(i);
+    }
+    std::vector<std::optional<ContentSources::Prestaged>> done(todo.size());
+    auto work = [&](unsigned t) {
+      for (size_t k = t; k < todo.size(); k += threads) {
+        const KmlRecord& r = recs[todo[k]];
+        done[k] = prestage_one(r, sources.small.at(r.hash));
+      }
+    };
+    std::vector<std::thread> pool;
+    for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work, t);
+    work(0);
+    for (auto& th : pool) th.join();
+    for (size_t k = 0; k < todo.size(); ++k) {
+      if (done[k]) sources.prestaged[todo[k]] = std::move(*done[k]);
+    }
+  }
+
+  void discard_prestaged(ContentSources& sources) {
+    for (const auto& [i, p] : sources.prestaged) unlinkat(staging_.get(), p.name.c_str(), 0);
+    sources.prestaged.clear();
   }
 
   bool apply_content(const KmlRecord& r, int dirfd, const std::string& name, std::string* err) {
@@ -388,6 +455,12 @@ class RecordApplier::Impl {
     }
     if (r.nchunks == 0 && r.size == 0) {
       return install_bytes(r, dirfd, name, {}, std::move(fs), err);
+    }
+    if (auto it = src_->prestaged.find(current_); it != src_->prestaged.end()) {
+      ContentSources::Prestaged p = std::move(it->second);
+      src_->prestaged.erase(it);
+      fs.chunks = std::move(p.chunks);
+      return place_staged(r, p.name, p.st, dirfd, name, std::move(fs), err);
     }
     if (auto it = src_->small.find(r.hash); it != src_->small.end()) {
       Manifest m = manifest_of(it->second);
@@ -548,10 +621,12 @@ class RecordApplier::Impl {
   bool stale(const KmlRecord& r) const {
     const std::string& key = r.opcode == KmlOp::Rename || r.opcode == KmlOp::Link ? r.src : r.path;
     const FileState* idx = index_.find(key);
-    // Equal: this record made the version here (applied before a crash),
-    // or it is the echo of this client's own record, and the entry may
-    // already hold a later local change based on it.
-    return idx && idx->version >= r.recno;
+    if (!idx) return false;
+    // Equal, for content: the version here is this record's (the echo of
+    // this client's own change) and the bytes here differ from it: they are
+    // a later local change based on it, never to be replaced by it.
+    if (idx->version == r.recno && r.opcode == KmlOp::Content) return idx->content_id != r.hash;
+    return idx->version > r.recno;
   }
 
   // True if the record would touch a path the owner protects.
@@ -573,6 +648,7 @@ class RecordApplier::Impl {
   std::string fset_;
   UniqueFd staging_;
   ContentSources* src_ = nullptr;
+  size_t current_ = 0;  // index of the record being applied
 };
 
 RecordApplier::RecordApplier(const SafeRoot& root, FileIndex& index, std::string staging_dir,
@@ -585,6 +661,13 @@ Status RecordApplier::open() {
 bool RecordApplier::apply(std::vector<KmlRecord>& recs, size_t i, ContentSources& sources,
                           std::string* err) {
   return impl_->apply(recs, i, sources, err);
+}
+void RecordApplier::prestage(const std::vector<KmlRecord>& recs, ContentSources& sources,
+                             unsigned threads) {
+  impl_->prestage(recs, sources, std::max(1u, threads));
+}
+void RecordApplier::discard_prestaged(ContentSources& sources) {
+  impl_->discard_prestaged(sources);
 }
 bool RecordApplier::make_placeholder(const std::string& path, std::string* why) {
   return impl_->make_placeholder(path, why);

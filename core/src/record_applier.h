@@ -8,6 +8,8 @@
 #pragma once
 
 #include <functional>
+#include <sys/stat.h>
+
 #include <map>
 #include <optional>
 #include <set>
@@ -34,6 +36,15 @@ struct ContentSources {
   // skipped: the applier stops and names it in `refetch`, to be asked of
   // the server.
   bool can_refetch = false;
+  // Small contents already written to staging files, by record index (see
+  // RecordApplier::prestage); what the batch does not use is removed by
+  // RecordApplier::discard_prestaged.
+  struct Prestaged {
+    std::string name;  // in the staging directory
+    struct stat st;    // its state, mode and mtime set
+    std::string chunks;
+  };
+  std::map<size_t, Prestaged> prestaged;
   std::set<Hash> requested;
   std::optional<Hash> refetch;
   // Data on demand: a content not fetched becomes a placeholder (see
@@ -71,6 +82,12 @@ class RecordApplier {
   // placeholder (data on demand: evict). False with *why when it does not
   // (not a file, changed here since the index saw it).
   bool make_placeholder(const std::string& path, std::string* why);
+  // Writes the small contents of `recs` to staging files on `threads`
+  // threads at once, into sources.prestaged: the slow part of applying
+  // many small files, done in parallel; apply() then only renames them
+  // into place, in order.
+  void prestage(const std::vector<KmlRecord>& recs, ContentSources& sources, unsigned threads);
+  void discard_prestaged(ContentSources& sources);
   // Paths the applier must leave alone (a client's changes not yet
   // reintegrated); also makes it keep files changed locally meanwhile.
   void protect(std::function<bool(const std::string&)> predicate);
