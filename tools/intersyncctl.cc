@@ -95,11 +95,13 @@ int main(int argc, char** argv) {
   // Data on demand: PATH is a file or directory inside a client fileset.
   std::string demand_path;
   std::vector<CLI::App*> demand;
-  for (auto [name, help] : {std::pair{"fetch", "fetch the content of PATH now (a file, or all "
-                                               "of a directory)"},
+  for (auto [name, help] : {std::pair{"fetch",
+                                      "fetch the content of PATH now (a file, or all "
+                                      "of a directory)"},
                             std::pair{"pin", "fetch PATH and keep it fetched as it changes"},
-                            std::pair{"evict", "drop the local content of PATH (it is fetched "
-                                               "again when opened); unpins it"}}) {
+                            std::pair{"evict",
+                                      "drop the local content of PATH (it is fetched "
+                                      "again when opened); unpins it"}}) {
     auto* sub = app.add_subcommand(name, help);
     sub->add_option("PATH", demand_path, "a path inside a client fileset")->required();
     demand.push_back(sub);
@@ -127,8 +129,7 @@ int main(int argc, char** argv) {
     if (int rc = ask(socket_path, request, &reply); rc != 0) return rc;
     auto answer = nlohmann::json::parse(reply, nullptr, false);
     if (answer.is_discarded() || !answer.value("ok", false)) {
-      std::fprintf(stderr, "intersyncctl: %s %s: %s\n", sub->get_name().c_str(),
-                   absolute.c_str(),
+      std::fprintf(stderr, "intersyncctl: %s %s: %s\n", sub->get_name().c_str(), absolute.c_str(),
                    answer.is_object() ? answer.value("error", reply).c_str() : reply.c_str());
       return 1;
     }

@@ -19,8 +19,8 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <set>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "file_index.h"
@@ -55,7 +55,8 @@ class ChangeTracker {
   // version number means the bytes are a server record's that the daemon
   // wrote before a crash kept it from indexing them; they are indexed as
   // that version, not journaled.
-  void on_unknown_content(std::function<std::optional<uint32_t>(const std::string&, const Hash&)> f) {
+  void on_unknown_content(
+      std::function<std::optional<uint32_t>(const std::string&, const Hash&)> f) {
     server_content_ = std::move(f);
   }
   // Calls `done` once everything added so far is journaled and durable.

@@ -38,7 +38,7 @@ struct FilesetClient::Batch {
   uint32_t applied_upto = 0;
   size_t skipped = 0;
   std::string error;
-  size_t missing = 0;  // contents the server did not have when asked
+  size_t missing = 0;           // contents the server did not have when asked
   std::optional<Hash> refetch;  // a content to ask the server for (see ContentSources)
   // Data on demand: content not asked for becomes a placeholder.
   bool on_demand = false;
@@ -110,6 +110,5 @@ struct StagedDownload : std::enable_shared_from_this<StagedDownload> {
     f(*this);
   }
 };
-
 
 }  // namespace intersync

@@ -33,8 +33,7 @@ constexpr size_t kMaxNameLength = 64;
 constexpr std::string_view kCommonKeys[] = {"name",      "path", "role",    "backend",
                                             "transport", "auth", "conflict"};
 constexpr std::string_view kServerKeys[] = {"listen", "clients"};
-constexpr std::string_view kClientKeys[] = {"server", "token_file", "write_back",
-                                            "data_on_demand"};
+constexpr std::string_view kClientKeys[] = {"server", "token_file", "write_back", "data_on_demand"};
 
 template <size_t N>
 bool contains(const std::string_view (&keys)[N], std::string_view key) {

@@ -51,7 +51,7 @@ struct FilesetConfig {
   // transport (may be undefined).
   ConfigNode backend_node;
   ConfigNode transport_node;
-  ConfigNode node;  // the whole entry, for error positions
+  ConfigNode node;             // the whole entry, for error positions
   std::string control_socket;  // the daemon's (Config::control_socket), told to izofs
 };
 

@@ -290,8 +290,7 @@ void Daemon::close_control_socket() {
   ::unlink(config_.control_socket.c_str());
 }
 
-void Daemon::on_control_request(const std::string& line,
-                                std::function<void(std::string)> respond) {
+void Daemon::on_control_request(const std::string& line, std::function<void(std::string)> respond) {
   auto req = nlohmann::json::parse(line, nullptr, false);
   std::string cmd = req.is_object() && req.contains("cmd") && req["cmd"].is_string()
                         ? req["cmd"].get<std::string>()

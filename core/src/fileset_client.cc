@@ -2,8 +2,6 @@
 // atomically and durably; see fileset_client.h.
 #include "fileset_client.h"
 
-#include "client_batch.h"
-
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -17,6 +15,7 @@
 #include <random>
 #include <thread>
 
+#include "client_batch.h"
 #include "intersync/log.h"
 #include "json_text.h"
 #include "protocol.h"
@@ -576,7 +575,6 @@ void FilesetClient::fetch_small(std::vector<Hash> ids) {
                    fetch_done();
                  }));
 }
-
 
 void FilesetClient::fetch_large(const Hash& id, uint64_t size) {
   std::string hex = hash_hex(id);

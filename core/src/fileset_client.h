@@ -90,8 +90,7 @@ class FilesetClient : public BackendHost {
  public:
   // `intersyncctl fetch|pin|evict` and izofs's fetch on open: `path` is
   // relative to the fileset root ("" = all of it). `done` is called once.
-  void on_demand(const std::string& cmd, const std::string& path,
-                 std::function<void(Status)> done);
+  void on_demand(const std::string& cmd, const std::string& path, std::function<void(Status)> done);
 
  private:
   bool pinned(const std::string& path) const;
@@ -104,7 +103,7 @@ class FilesetClient : public BackendHost {
   // Starts a queued local batch when nothing else uses the index.
   bool start_local_batch();
   void local_batch_done(Batch& b);
-  std::vector<std::string> pins_;           // pinned paths, kept in the index
+  std::vector<std::string> pins_;  // pinned paths, kept in the index
   std::deque<std::unique_ptr<Batch>> local_batches_;
   // Downloads on demand in flight, by content id.
   struct Demand {

@@ -105,7 +105,8 @@ Status FilesetServer::start(std::unique_ptr<Backend> backend) {
   });
   backend_ = std::move(backend);
   if (Status s = backend_->start(loop_, config_.path, this); !s) return s;
-  if (!backend_->replays_changes()) tracker_->rescan("", "start-up: comparing the tree with the index");
+  if (!backend_->replays_changes())
+    tracker_->rescan("", "start-up: comparing the tree with the index");
   log_info("fileset '{}' serving {} (uuid {}, journal head {})", config_.name, config_.path,
            dir_.uuid, journal_.head());
   return {};
@@ -476,8 +477,7 @@ void FilesetServer::serve_reintegrate(HttpRequest& request, const std::string& c
                       return c == '-' || std::isxdigit(static_cast<unsigned char>(c));
                     });
   if (!replica_ok) replica.clear();
-  nlohmann::json answer =
-      reintegrator_->reintegrate(std::move(records), client, host, replica);
+  nlohmann::json answer = reintegrator_->reintegrate(std::move(records), client, host, replica);
   wake_waiters();
   if (answer.contains("error"))
     return respond(*w, 503, json_text(answer) + "\n", "application/json");

@@ -84,8 +84,8 @@ void FilesetClient::on_demand(const std::string& cmd, const std::string& path,
   }
   if (cmd == "fetch") return fetch_on_demand(path, std::move(done));
   if (!config_.data_on_demand) {
-    return done(make_error(-EINVAL, "fileset '" + config_.name +
-                                        "' keeps every file: it has no data_on_demand"));
+    return done(make_error(
+        -EINVAL, "fileset '" + config_.name + "' keeps every file: it has no data_on_demand"));
   }
   if (cmd == "pin") {
     if (!pinned(path)) {
@@ -100,8 +100,8 @@ void FilesetClient::on_demand(const std::string& cmd, const std::string& path,
     save_pins();
     for (const auto& p : pins_) {
       if (is_same_or_under(path, p)) {
-        return done(make_error(-EBUSY, "'" + path + "' is under the pinned '" +
-                                           (p.empty() ? "/" : p) + "'"));
+        return done(make_error(
+            -EBUSY, "'" + path + "' is under the pinned '" + (p.empty() ? "/" : p) + "'"));
       }
     }
     return evict(path, std::move(done));

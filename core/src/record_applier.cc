@@ -396,7 +396,8 @@ class RecordApplier::Impl {
     std::vector<size_t> todo;
     for (size_t i = 0; i < recs.size(); ++i) {
       const KmlRecord& r = recs[i];
-      if (r.opcode == KmlOp::Content && r.size > 0 && sources.small.count(r.hash)) todo.push_back(i);
+      if (r.opcode == KmlOp::Content && r.size > 0 && sources.small.count(r.hash))
+        todo.push_back(i);
     }
     std::vector<std::optional<ContentSources::Prestaged>> done(todo.size());
     auto work = [&](unsigned t) {

@@ -7,13 +7,13 @@
 // a crash converges to the same tree. The index follows each change.
 #pragma once
 
-#include <functional>
 #include <sys/stat.h>
 
+#include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
-#include <memory>
 #include <string>
 #include <vector>
 

@@ -232,8 +232,8 @@ nlohmann::json Reintegrator::reintegrate(std::vector<KmlRecord> records, const s
       o = apply_one(records, i, client, host);
     }
     log_debug("fileset '{}': {} record {} {} {} (base {}): {} {} {}", config_.name, client, local,
-              kml_op_name(records[i].opcode), primary_path(records[i]), records[i].prevrec, o.result,
-              o.server_recno, o.detail);
+              kml_op_name(records[i].opcode), primary_path(records[i]), records[i].prevrec,
+              o.result, o.server_recno, o.detail);
     nlohmann::json result{
         {"recno", local},     {"result", o.result}, {"server_recno", o.server_recno},
         {"detail", o.detail}, {"copy", o.copy},     {"path", primary_path(records[i])}};
