@@ -624,25 +624,30 @@ void FilesetClient::fetch_large(const Hash& id, uint64_t size) {
     }
     fetch_done();
   };
-  HttpRequestHead head = request_head("GET", "content/" + hex);
   if (have > 0) {
-    head.headers.set("Range", "bytes=" + std::to_string(have) + "-");
     log_info("fileset '{}': resuming download of {} at byte {} of {}", config_.name, hex, have,
              size);
   }
+  start_download(dl, id, true);
+}
+
+void FilesetClient::start_download(std::shared_ptr<StagedDownload> dl, const Hash& id,
+                                   bool counts_as_pending) {
+  HttpRequestHead head = request_head("GET", "content/" + hash_hex(id));
+  if (dl->offset > 0) head.headers.set("Range", "bytes=" + std::to_string(dl->offset) + "-");
   ResponseCallbacks cb;
   std::weak_ptr<StagedDownload> weak = dl;
-  cb.on_head = [weak, this](HttpResponseHead& h) {
+  cb.on_head = [weak](HttpResponseHead& h) {
     auto d = weak.lock();
     if (!d) return;
     d->http_status = h.status;
     if (h.status == 200) d->offset = 0;  // Range not honoured: start over
   };
-  cb.on_body = [weak, this](std::string_view data) {
+  cb.on_body = [weak, this, counts_as_pending](std::string_view data) {
     auto d = weak.lock();
     if (!d || (d->http_status != 200 && d->http_status != 206)) return;
     bytes_received_ += data.size();
-    pending_bytes_ -= std::min<uint64_t>(pending_bytes_, data.size());
+    if (counts_as_pending) pending_bytes_ -= std::min<uint64_t>(pending_bytes_, data.size());
     d->write(data);
   };
   cb.on_done = [dl](Status s) {

@@ -66,6 +66,10 @@ class FilesetClient : public BackendHost {
   void next_batch();
   void fetch_small(std::vector<Hash> ids);
   void fetch_large(const Hash& id, uint64_t size);
+  // Sends the GET of content `id` whose body `dl` writes (from dl->offset
+  // on, with Range); `counts_as_pending`: its bytes are the batch's.
+  void start_download(std::shared_ptr<struct StagedDownload> dl, const Hash& id,
+                      bool counts_as_pending);
   void fetch_done();
   // Puts a batch's records after `after` back in front of pending_.
   void requeue(Batch& batch, uint32_t after);

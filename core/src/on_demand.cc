@@ -208,29 +208,7 @@ void FilesetClient::download_on_demand(const Hash& id, uint64_t size) {
     demands_.erase(it);
     queue_local_batch(std::move(batch));
   };
-  HttpRequestHead head = request_head("GET", "content/" + hash_hex(id));
-  if (have > 0) head.headers.set("Range", "bytes=" + std::to_string(have) + "-");
-  ResponseCallbacks cb;
-  std::weak_ptr<StagedDownload> weak = dl;
-  cb.on_head = [weak](HttpResponseHead& h) {
-    auto d = weak.lock();
-    if (!d) return;
-    d->http_status = h.status;
-    if (h.status == 200) d->offset = 0;  // Range not honoured: start over
-  };
-  cb.on_body = [weak, this](std::string_view data) {
-    auto d = weak.lock();
-    if (!d || (d->http_status != 200 && d->http_status != 206)) return;
-    bytes_received_ += data.size();
-    d->write(data);
-  };
-  cb.on_done = [dl](Status s) {
-    dl->response_done = true;
-    dl->response_status = s;
-    dl->call.reset();
-    dl->maybe_finish();
-  };
-  dl->call = session_->send(std::move(head), {}, std::move(cb));
+  start_download(dl, id, false);
 }
 
 void FilesetClient::evict(const std::string& path, std::function<void(Status)> done) {
