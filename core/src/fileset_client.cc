@@ -27,6 +27,10 @@ namespace {
 constexpr size_t kBatchRecords = 8192;
 constexpr uint64_t kBatchSmallBytes = 64ull << 20;  // content held in memory per batch
 constexpr size_t kBatchLargeFiles = 16;
+// Large downloads per batch: a batch's small files wait for its large ones,
+// so large files are spread over batches, each applied while the next
+// downloads.
+constexpr uint64_t kBatchLargeBytes = 64ull << 20;
 constexpr size_t kBulkIds = 1024;
 constexpr uint64_t kMaxPending = 50000;  // records received ahead of applying
 constexpr unsigned kPollWait = 25;       // seconds a long-poll waits on the server
@@ -464,9 +468,10 @@ void FilesetClient::next_batch() {
   auto batch = std::make_unique<Batch>();
   std::vector<Hash> small;
   std::set<Hash> wanted;
-  uint64_t small_bytes = 0;
+  uint64_t small_bytes = 0, large_bytes = 0;
   while (!pending_.empty() && batch->records.size() < kBatchRecords &&
-         small_bytes < kBatchSmallBytes && batch->staged.size() < kBatchLargeFiles) {
+         small_bytes < kBatchSmallBytes && batch->staged.size() < kBatchLargeFiles &&
+         large_bytes < kBatchLargeBytes) {
     KmlRecord r = std::move(pending_.front());
     pending_.pop_front();
     std::string why;
@@ -489,6 +494,7 @@ void FilesetClient::next_batch() {
         } else {
           batch->staged.insert(r.hash);
           pending_bytes_ += r.size;
+          large_bytes += r.size;
         }
       }
     }
