@@ -13,7 +13,11 @@
 // records of one read become one on_changes() batch, in order. Once core
 // says a batch is journaled durably (when_durable), the position of its last
 // record is saved in the position file (kml_position.h), so that a crash
-// replays changes and never skips one.
+// replays changes and never skips one. Without a saved position (a first
+// start) the whole fileset is compared with core's index, unless the log
+// was never truncated and `<log>.complete` says it was begun on an empty
+// fileset: it then holds every change, and is replayed from its first
+// record.
 //
 // Offsets in the log are logical (KML.md): after the log is truncated, the
 // all-zero-uuid entry of the `last_rcvd` next to it holds the truncated
@@ -68,6 +72,10 @@ constexpr uint32_t kFileMask =
 // Its directory: a log appears, or a new one is renamed over the old one.
 constexpr uint32_t kDirMask = IN_CREATE | IN_MOVED_TO | IN_ONLYDIR;
 constexpr uint32_t kMajorMask = 0xffff0000u;
+// `<log>.complete`, made by izofs and mkizofs (make_fileset_layout) when
+// they begin a log on an empty fileset: the log then holds every change
+// the fileset ever had, and a first start replays it instead of rescanning.
+constexpr char kCompleteSuffix[] = ".complete";
 
 uint32_t load_u32(const char* p) {
   uint32_t v;
@@ -374,13 +382,28 @@ Status KmlBackend::start(uv_loop_t* loop, const std::string& root, BackendHost* 
     return fail_start(make_error(
         err, fmt::format("kml: cannot open the log '{}': {}", log_path_, std::strerror(-err))));
   }
+  // No position, but a log that holds the fileset's whole history (begun
+  // on an empty fileset, never truncated): replaying all of it is the same
+  // as comparing the tree with the index, without reading the tree.
+  bool from_first = false;
+  if (saved.ok() && !*saved && base_ == 0 &&
+      ::access((log_path_ + kCompleteSuffix).c_str(), F_OK) == 0) {
+    pending_loss_.clear();
+    restore(KmlPosition{});
+    from_first = true;
+  }
   if (int err = poll_.start(loop, inotify_fd_, this, on_poll); err < 0) {
     return fail_start(make_error(
         err, fmt::format("kml: cannot poll the inotify descriptor: {}", uv_strerror(err))));
   }
   continue_timer_.emplace(loop);
   running_ = true;
-  if (pending_loss_.empty()) {
+  if (from_first) {
+    log_info(
+        "kml: following '{}' for '{}' from its first record: no position saved yet, and '{}{}' "
+        "says the log holds the fileset's whole history",
+        log_path_, root_, log_path_, kCompleteSuffix);
+  } else if (pending_loss_.empty()) {
     log_info("kml: following '{}' for '{}' from record {} (logical offset {})", log_path_, root_,
              *last_recno_, next_);
   } else {
