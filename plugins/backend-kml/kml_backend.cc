@@ -308,7 +308,9 @@ class KmlBackend final : public Backend {
   void restore(const KmlPosition& pos);
   void follow();
   Step read_once();
-  void settle_batch(std::vector<KmlEntry> fresh, std::string damage);
+  // Hands `fresh` to the thread pool to wait for the kernel, then to
+  // settled(); false (nothing taken) when it cannot be queued.
+  bool settle_batch(std::vector<KmlEntry>& fresh, std::string& damage);
   static void settled(uv_work_t* work, int status);
   // Turns `fresh` into events for core, then asks for the rescan `damage`
   // says is needed (if any). False when core stopped the backend meanwhile.
@@ -701,10 +703,7 @@ KmlBackend::Step KmlBackend::read_once() {
     next_ = rest_at + rest.size();
   }
 
-  if (izofs_ && !fresh.empty()) {
-    settle_batch(std::move(fresh), std::move(damage));
-    return Step::Settling;
-  }
+  if (izofs_ && !fresh.empty() && settle_batch(fresh, damage)) return Step::Settling;
   if (!deliver(fresh, std::move(damage))) return Step::Done;
   return !to_eof && !pending_tail ? Step::More : Step::Done;
 }
@@ -741,14 +740,12 @@ struct KmlBackend::SettleJob {
   std::string damage;
 };
 
-void KmlBackend::settle_batch(std::vector<KmlEntry> fresh, std::string damage) {
+bool KmlBackend::settle_batch(std::vector<KmlEntry>& fresh, std::string& damage) {
   auto job = std::make_unique<SettleJob>();
   job->self = self_;
   job->run = run_;
   job->root = root_;
   for (const KmlEntry& entry : fresh) settle_targets(entry.record, job->dirs, job->objects);
-  job->fresh = std::move(fresh);
-  job->damage = std::move(damage);
   job->work.data = job.get();
   const int err = uv_queue_work(
       loop_, &job->work,
@@ -758,14 +755,17 @@ void KmlBackend::settle_batch(std::vector<KmlEntry> fresh, std::string damage) {
       },
       settled);
   if (err < 0) {
-    // Cannot happen with a valid loop; deliver without waiting rather than
-    // not at all.
+    // Not expected with a valid loop: the batch is delivered without waiting
+    // rather than not at all.
     log_error("kml: cannot queue the wait for the kernel: {}", uv_strerror(err));
-    deliver(job->fresh, std::move(job->damage));
-    return;
+    return false;
   }
+  // The pool thread reads only root, dirs and objects.
+  job->fresh = std::move(fresh);
+  job->damage = std::move(damage);
   settling_ = true;
   job.release();
+  return true;
 }
 
 void KmlBackend::settled(uv_work_t* work, int /*status*/) {
