@@ -1,6 +1,7 @@
 // Creation of `.intermezzo/<fset>/`; see fileset_dir.h.
 #include "fileset_dir.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/stat.h>
@@ -8,8 +9,10 @@
 #include <unistd.h>
 #include <uuid/uuid.h>
 
+#include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <string_view>
 
 namespace intersync {
 namespace {
@@ -127,6 +130,28 @@ Status ensure_file(const std::string& path) {
   return {};
 }
 
+// Whether `root` holds nothing but the `.intermezzo` directory.
+Result<bool> holds_only_meta(const std::string& root) {
+  DIR* d = opendir(root.c_str());
+  if (!d) return sys_error(root);
+  bool empty = true;
+  errno = 0;
+  while (struct dirent* e = readdir(d)) {
+    std::string_view name = e->d_name;
+    if (name != "." && name != ".." && name != ".intermezzo") {
+      empty = false;
+      break;
+    }
+  }
+  const int err = errno;
+  closedir(d);
+  if (empty && err != 0) {
+    errno = err;
+    return sys_error(root);
+  }
+  return empty;
+}
+
 // The fileset an izofs mount at `root` journals, or "" when `root` is not
 // an izofs mount (izofs answers this virtual attribute on its root).
 std::string izofs_fileset(const std::string& root) {
@@ -158,9 +183,22 @@ FilesetLayout make_fileset_layout(const std::string& root, const std::string& fs
   };
   std::string meta = root + "/.intermezzo";
   std::string fset_dir = meta + "/" + fset;
+  // Looked at before anything is made in it.
+  Result<bool> empty = holds_only_meta(root);
   if (!step(meta, make_dir(meta)) || !step(fset_dir, make_dir(fset_dir))) return layout;
   step(fset_dir + "/ROOT", make_symlink("../..", fset_dir + "/ROOT"));
-  step(fset_dir + "/kml", make_empty_file(fset_dir + "/kml"));
+  const std::string kml = fset_dir + "/kml";
+  const bool new_kml = step(kml, make_empty_file(kml)) && *layout.steps.back().created;
+  if (new_kml) {
+    // A new log is the fileset's whole history only when the fileset had
+    // nothing yet; a stale marker of an earlier log must not vouch for it.
+    const std::string marker = kml + kKmlCompleteSuffix;
+    if (empty.ok() && *empty) {
+      step(marker, make_empty_file(marker));
+    } else if (::unlink(marker.c_str()) != 0 && errno != ENOENT) {
+      step(marker, sys_error(marker));
+    }
+  }
   step(fset_dir + "/last_rcvd", make_empty_file(fset_dir + "/last_rcvd"));
   step(fset_dir + "/uuid", make_uuid_file(fset_dir + "/uuid"));
 

@@ -6,7 +6,9 @@
 //
 // On an izofs mount the file system itself writes `kml`, as the original
 // kernel module did, and a backend follows it; the daemon then keeps its
-// replication journal (the record numbers it serves) in `sync.kml`.
+// replication journal (the record numbers it serves) in `sync.kml`. An
+// empty `kml.complete` beside `kml` says the log was begun on an empty
+// fileset (see kKmlCompleteSuffix).
 //
 // make_fileset_layout() is what mkizofs does and izofs does at mount time;
 // prepare_fileset_dir() is the daemon's.
@@ -38,13 +40,23 @@ struct FilesetLayout {
   const Error* first_error() const;
 };
 
+// Next to a log, `<log>.complete` (empty) says that the log was begun when
+// the fileset held nothing, so it records every change ever made through
+// the file system that writes it (until it is truncated): a follower with
+// no saved position may replay it from its first record instead of
+// comparing the whole tree with its index.
+inline constexpr char kKmlCompleteSuffix[] = ".complete";
+
 // Creates what is missing of ROOT/.intermezzo/FSET/: the directories, the
 // ROOT symlink ("../.."), an empty kml and last_rcvd, and a `uuid` file
 // naming the fileset (written to a temporary file and linked into place, so
-// it is absent or complete and an existing one is never replaced). What
-// exists is left alone; something in the way (a file where a directory
-// belongs, ROOT pointing elsewhere) is an error naming it. New entries are
-// made durable before it returns.
+// it is absent or complete and an existing one is never replaced). When it
+// creates the kml in a ROOT that holds nothing else, it also creates
+// `kml.complete`; when it creates the kml in a ROOT that does, it removes a
+// `kml.complete` left from an earlier log. What exists is left alone;
+// something in the way (a file where a directory belongs, ROOT pointing
+// elsewhere) is an error naming it. New entries are made durable before it
+// returns.
 FilesetLayout make_fileset_layout(const std::string& root, const std::string& fset);
 
 struct FilesetDir {

@@ -13,7 +13,22 @@
 // records of one read become one on_changes() batch, in order. Once core
 // says a batch is journaled durably (when_durable), the position of its last
 // record is saved in the position file (kml_position.h), so that a crash
-// replays changes and never skips one.
+// replays changes and never skips one. Without a saved position (a first
+// start) the whole fileset is compared with core's index, unless the log
+// was never truncated and `<log>.complete` says it was begun on an empty
+// fileset: it then holds every change, and is replayed from its first
+// record.
+//
+// On an izofs mount a record is in the log before the change shows through
+// the mount: izofs appends it before answering the kernel, and the kernel
+// updates its cached names and attributes only after that answer, in the
+// caller's thread. Core reads the tree through the mount, so before a batch
+// is handed over the backend waits, on a thread of libuv's pool (a caller
+// may be waiting for the daemon meanwhile: data on demand), until the kernel
+// has finished each change (settle_batch): for a change of names it takes
+// the lock of each directory involved, which the caller holds until its
+// names are updated; for a change of attributes or content it asks izofs
+// for the object's attributes again.
 //
 // Offsets in the log are logical (KML.md): after the log is truncated, the
 // all-zero-uuid entry of the `last_rcvd` next to it holds the truncated
@@ -68,6 +83,14 @@ constexpr uint32_t kFileMask =
 // Its directory: a log appears, or a new one is renamed over the old one.
 constexpr uint32_t kDirMask = IN_CREATE | IN_MOVED_TO | IN_ONLYDIR;
 constexpr uint32_t kMajorMask = 0xffff0000u;
+// `<log>.complete`, made by izofs and mkizofs (make_fileset_layout) when
+// they begin a log on an empty fileset: the log then holds every change
+// the fileset ever had, and a first start replays it instead of rescanning.
+constexpr char kCompleteSuffix[] = ".complete";
+// Removing this xattr, which nothing ever sets (izofs never journals a
+// user.intersync.* xattr), takes the inode lock of the directory and fails
+// with ENODATA: a wait for whatever change of names holds that lock.
+constexpr char kSettleXattr[] = "user.intersync.settle";
 
 uint32_t load_u32(const char* p) {
   uint32_t v;
@@ -107,6 +130,75 @@ std::string dirname_of(const std::string& path) {
   if (slash == std::string::npos) return ".";
   if (slash == 0) return "/";
   return path.substr(0, slash);
+}
+
+// The directory holding `path` (normalized, relative), "" for the root.
+std::string parent_rel(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? std::string() : path.substr(0, slash);
+}
+
+// What the kernel must have finished before the tree shows `rec`: the
+// directories whose names it changes, and the object whose attributes or
+// content it changes (paths relative to the root).
+void settle_targets(const KmlRecord& rec, std::vector<std::string>& dirs,
+                    std::vector<std::string>& objects) {
+  auto dir_of = [&dirs](const std::string& raw) {
+    std::optional<std::string> path = normalize(raw);
+    if (path && !path->empty() && !is_internal(*path)) dirs.push_back(parent_rel(*path));
+  };
+  auto object = [&objects](const std::string& raw) {
+    std::optional<std::string> path = normalize(raw);
+    if (path && !is_internal(*path)) objects.push_back(std::move(*path));
+  };
+  switch (rec.opcode) {
+    case KmlOp::Create:
+    case KmlOp::Mkdir:
+    case KmlOp::Mknod:
+    case KmlOp::Symlink:
+      dir_of(rec.path);
+      break;
+    case KmlOp::Link:
+      dir_of(rec.target);
+      break;
+    case KmlOp::Unlink:
+    case KmlOp::Rmdir:
+      dir_of(join_path(rec.dir, rec.name));
+      break;
+    case KmlOp::Rename:
+      dir_of(rec.src);
+      dir_of(rec.target);
+      break;
+    case KmlOp::Setattr:
+    case KmlOp::SetExtAttr:
+    case KmlOp::DelExtAttr:
+    case KmlOp::Close:
+    case KmlOp::Content:
+      object(rec.path);
+      break;
+    default:
+      break;
+  }
+}
+
+// Runs on the thread pool: waits until the kernel has finished the changes
+// that `dirs` and `objects` name (see settle_targets). Errors do not matter:
+// what cannot be reached has changed again since, and a later record says so.
+void settle(const std::string& root, std::vector<std::string> dirs,
+            std::vector<std::string> objects) {
+  auto full = [&root](const std::string& rel) { return rel.empty() ? root : root + "/" + rel; };
+  std::sort(dirs.begin(), dirs.end());
+  dirs.erase(std::unique(dirs.begin(), dirs.end()), dirs.end());
+  for (const std::string& dir : dirs) ::lremovexattr(full(dir).c_str(), kSettleXattr);
+  std::sort(objects.begin(), objects.end());
+  objects.erase(std::unique(objects.begin(), objects.end()), objects.end());
+  for (const std::string& object : objects) {
+    // Fresh attributes from izofs (which changed the backing file before it
+    // journaled) replace those the kernel may still hold from before.
+    struct statx stx;
+    ::statx(AT_FDCWD, full(object).c_str(), AT_SYMLINK_NOFOLLOW | AT_STATX_FORCE_SYNC,
+            STATX_BASIC_STATS, &stx);
+  }
 }
 
 // A virtual attribute that izofs answers on its root; "" when absent.
@@ -203,7 +295,10 @@ class KmlBackend final : public Backend {
     uint32_t recno = 0;
     uint32_t len = 0;
   };
-  enum class Step { Done, More };
+  // More: read on at once; Settling: a batch waits for settle_batch, which
+  // goes on reading once it has been delivered.
+  enum class Step { Done, More, Settling };
+  struct SettleJob;
 
   static void on_poll(uv_poll_t* handle, int status, int events);
   template <typename F>
@@ -213,6 +308,13 @@ class KmlBackend final : public Backend {
   void restore(const KmlPosition& pos);
   void follow();
   Step read_once();
+  // Hands `fresh` to the thread pool to wait for the kernel, then to
+  // settled(); false (nothing taken) when it cannot be queued.
+  bool settle_batch(std::vector<KmlEntry>& fresh, std::string& damage);
+  static void settled(uv_work_t* work, int status);
+  // Turns `fresh` into events for core, then asks for the rescan `damage`
+  // says is needed (if any). False when core stopped the backend meanwhile.
+  bool deliver(const std::vector<KmlEntry>& fresh, std::string damage);
   std::string check_position(uint64_t size, uint64_t* start, std::string* data, bool* io_error);
   bool switch_if_replaced();
   int open_log();
@@ -232,8 +334,10 @@ class KmlBackend final : public Backend {
   std::string position_cfg_;
 
   // set by start()
+  uv_loop_t* loop_ = nullptr;
   BackendHost* host_ = nullptr;
   std::string root_;
+  bool izofs_ = false;  // the root is an izofs mount: batches are settled first
   std::string log_path_;
   std::string log_dir_;
   std::string last_rcvd_path_;
@@ -252,6 +356,8 @@ class KmlBackend final : public Backend {
   uint64_t skip_until_ = 0;             // records ending before it: covered by a rescan
   bool after_damage_ = false;
   std::string pending_loss_;  // a rescan the first read must ask for
+  bool settling_ = false;     // a batch read is on the thread pool, not yet delivered
+  uint64_t run_ = 0;          // which start() a settling batch belongs to
 
   // inotify
   int inotify_fd_ = -1;
@@ -298,13 +404,15 @@ Status KmlBackend::start(uv_loop_t* loop, const std::string& root, BackendHost* 
   if (root.empty() || root.front() != '/') {
     return make_error(-EINVAL, "kml: the fileset root '" + root + "' is not absolute");
   }
+  loop_ = loop;
   host_ = host;
   root_ = root;
+  const std::string fset = root_xattr(root, "user.izofs.fileset");
+  const std::string backing = root_xattr(root, "user.izofs.backing");
+  izofs_ = !fset.empty() && !backing.empty();
   if (!log_cfg_.empty()) {
     log_path_ = log_cfg_;
   } else {
-    const std::string fset = root_xattr(root, "user.izofs.fileset");
-    const std::string backing = root_xattr(root, "user.izofs.backing");
     if (fset.empty() || backing.empty()) {
       return make_error(
           -ENOTSUP,
@@ -344,6 +452,8 @@ Status KmlBackend::start(uv_loop_t* loop, const std::string& root, BackendHost* 
   after_damage_ = false;
   requested_.reset();
   pending_loss_.clear();
+  settling_ = false;
+  ++run_;
   Result<std::optional<KmlPosition>> saved = position_.load();
   if (!saved.ok()) {
     pending_loss_ = "the saved position cannot be used: " + saved.error().message;
@@ -374,13 +484,28 @@ Status KmlBackend::start(uv_loop_t* loop, const std::string& root, BackendHost* 
     return fail_start(make_error(
         err, fmt::format("kml: cannot open the log '{}': {}", log_path_, std::strerror(-err))));
   }
+  // No position, but a log that holds the fileset's whole history (begun
+  // on an empty fileset, never truncated): replaying all of it is the same
+  // as comparing the tree with the index, without reading the tree.
+  bool from_first = false;
+  if (saved.ok() && !*saved && base_ == 0 &&
+      ::access((log_path_ + kCompleteSuffix).c_str(), F_OK) == 0) {
+    pending_loss_.clear();
+    restore(KmlPosition{});
+    from_first = true;
+  }
   if (int err = poll_.start(loop, inotify_fd_, this, on_poll); err < 0) {
     return fail_start(make_error(
         err, fmt::format("kml: cannot poll the inotify descriptor: {}", uv_strerror(err))));
   }
   continue_timer_.emplace(loop);
   running_ = true;
-  if (pending_loss_.empty()) {
+  if (from_first) {
+    log_info(
+        "kml: following '{}' for '{}' from its first record: no position saved yet, and '{}{}' "
+        "says the log holds the fileset's whole history",
+        log_path_, root_, log_path_, kCompleteSuffix);
+  } else if (pending_loss_.empty()) {
     log_info("kml: following '{}' for '{}' from record {} (logical offset {})", log_path_, root_,
              *last_recno_, next_);
   } else {
@@ -393,6 +518,9 @@ Status KmlBackend::start(uv_loop_t* loop, const std::string& root, BackendHost* 
 
 void KmlBackend::stop() {
   running_ = false;
+  // A batch still settling is dropped; its records are read again next time.
+  settling_ = false;
+  ++run_;
   // The poll handle must stop using the descriptor before it is closed.
   poll_.close();
   continue_timer_.reset();
@@ -457,12 +585,12 @@ void KmlBackend::restore(const KmlPosition& pos) {
 // Reads until the end of the log or a record still being written, one batch
 // per read; a long backlog continues on the next loop iteration.
 void KmlBackend::follow() {
-  if (!running_) return;
+  if (!running_ || settling_) return;
   continue_timer_->stop();
   if (!pending_loss_.empty()) lose(std::exchange(pending_loss_, std::string()));
   for (;;) {
     const Step step = read_once();
-    if (!running_) return;
+    if (!running_ || step == Step::Settling) return;
     if (step == Step::More) {
       continue_timer_->start(0, [this] { guarded([this] { follow(); }); });
       return;
@@ -511,9 +639,8 @@ KmlBackend::Step KmlBackend::read_once() {
   const uint64_t rest_at = start + skip;  // logical offset of rest[0]
   const KmlScan scan = kml_scan(rest, rest_at);
 
-  std::vector<ChangeEvent> events;
-  std::string damage;  // why core must rescan, "" when it need not
-  std::string odd;     // records whose paths cannot be reported
+  std::vector<KmlEntry> fresh;  // records to report
+  std::string damage;           // why core must rescan, "" when it need not
   bool pending_tail = false;
   size_t entries = 0;
   size_t ei = 0;
@@ -568,7 +695,7 @@ KmlBackend::Step KmlBackend::read_once() {
     next_ = entry.offset + len;
     last_recno_ = recno;
     ++entries;
-    if (!covered) convert(entry, events, odd);
+    if (!covered) fresh.push_back(entry);
   }
   if (!to_eof && !pending_tail && entries == 0 && scan.problems.empty()) {
     // Nothing but zeros up to the end of this read: go past them.
@@ -576,18 +703,81 @@ KmlBackend::Step KmlBackend::read_once() {
     next_ = rest_at + rest.size();
   }
 
+  if (izofs_ && !fresh.empty() && settle_batch(fresh, damage)) return Step::Settling;
+  if (!deliver(fresh, std::move(damage))) return Step::Done;
+  return !to_eof && !pending_tail ? Step::More : Step::Done;
+}
+
+bool KmlBackend::deliver(const std::vector<KmlEntry>& fresh, std::string damage) {
+  std::vector<ChangeEvent> events;
+  std::string odd;  // records whose paths cannot be reported
+  for (const KmlEntry& entry : fresh) convert(entry, events, odd);
   if (!events.empty()) {
     host_->on_changes(std::move(events));
-    if (!running_) return Step::Done;
+    if (!running_) return false;
   }
   if (damage.empty() && !odd.empty()) damage = odd;
   if (!damage.empty()) {
     log_warn("kml: {}; rescanning the whole fileset '{}'", damage, root_);
     host_->on_rescan("", damage);
-    if (!running_) return Step::Done;
+    if (!running_) return false;
   }
   request_persist();
-  return !to_eof && !pending_tail ? Step::More : Step::Done;
+  return true;
+}
+
+// A batch waiting on the thread pool for the kernel to finish its changes.
+// It refers to the backend only through the weak reference: the backend may
+// be stopped and deleted before the pool is done with it.
+struct KmlBackend::SettleJob {
+  uv_work_t work{};
+  std::weak_ptr<KmlBackend*> self;
+  uint64_t run = 0;
+  std::string root;
+  std::vector<std::string> dirs;
+  std::vector<std::string> objects;
+  std::vector<KmlEntry> fresh;
+  std::string damage;
+};
+
+bool KmlBackend::settle_batch(std::vector<KmlEntry>& fresh, std::string& damage) {
+  auto job = std::make_unique<SettleJob>();
+  job->self = self_;
+  job->run = run_;
+  job->root = root_;
+  for (const KmlEntry& entry : fresh) settle_targets(entry.record, job->dirs, job->objects);
+  job->work.data = job.get();
+  const int err = uv_queue_work(
+      loop_, &job->work,
+      [](uv_work_t* work) {
+        auto* j = static_cast<SettleJob*>(work->data);
+        settle(j->root, std::move(j->dirs), std::move(j->objects));
+      },
+      settled);
+  if (err < 0) {
+    // Not expected with a valid loop: the batch is delivered without waiting
+    // rather than not at all.
+    log_error("kml: cannot queue the wait for the kernel: {}", uv_strerror(err));
+    return false;
+  }
+  // The pool thread reads only root, dirs and objects.
+  job->fresh = std::move(fresh);
+  job->damage = std::move(damage);
+  settling_ = true;
+  job.release();
+  return true;
+}
+
+void KmlBackend::settled(uv_work_t* work, int /*status*/) {
+  std::unique_ptr<SettleJob> job(static_cast<SettleJob*>(work->data));
+  std::shared_ptr<KmlBackend*> backend = job->self.lock();
+  if (!backend) return;
+  KmlBackend* self = *backend;
+  if (!self->running_ || self->run_ != job->run) return;
+  self->guarded([self, &job] {
+    self->settling_ = false;
+    if (self->deliver(job->fresh, std::move(job->damage))) self->follow();
+  });
 }
 
 // Where reading starts in the open file (`start`, logical) and the bytes
@@ -852,6 +1042,8 @@ std::optional<KmlPosition> KmlBackend::current_position() const {
 // Saves where following stands once core has made everything delivered so
 // far durable (and finished the rescans asked for).
 void KmlBackend::request_persist() {
+  // Read but not delivered yet: not to be saved as done.
+  if (settling_) return;
   std::optional<KmlPosition> pos = current_position();
   if (!pos || pos == requested_) return;
   requested_ = pos;

@@ -350,7 +350,8 @@ def test_inodes_stay_within_the_open_file_limit(tmp_path):
 def test_internal_paths_and_intersync_xattrs_are_not_journaled(mount):
     internal = mount.p(".intermezzo")
     assert ".intermezzo" in os.listdir(mount.mnt)
-    assert sorted(os.listdir(internal / FSET)) == ["ROOT", "kml", "last_rcvd", "uuid"]
+    assert sorted(os.listdir(internal / FSET)) == ["ROOT", "kml", "kml.complete", "last_rcvd",
+                                                   "uuid"]
     os.mkdir(internal / "scratch")
     write_file(internal / "scratch" / "x", b"internal")
     os.rename(internal / "scratch" / "x", internal / "scratch" / "y")
@@ -690,7 +691,7 @@ def test_mount_t_fuse_izofs(tmp_path):
     backing, mnt, bindir = tmp_path / "backing", tmp_path / "mnt", tmp_path / "bin"
     for d in (backing, mnt, bindir):
         d.mkdir()
-    (bindir / "izofs").symlink_to(IZOFS)
+    (bindir / "izofs").symlink_to(IZOFS.resolve())  # INTERSYNC_BUILD may be relative
     script = (f"set -e\n"
               f"mount --bind {bindir} /usr/local/sbin\n"
               f"mount -t fuse.izofs {backing} {mnt} -o fileset={FSET}\n"
@@ -753,3 +754,26 @@ def test_fileset_directory_is_prepared_as_mkizofs_does(mount):
     assert os.readlink(d / "ROOT") == "../.."
     assert (d / "kml").stat().st_size == 0 and (d / "last_rcvd").exists()
     assert len((d / "uuid").read_text().strip()) == 36
+    # Begun on an empty backing directory: the log is its whole history.
+    assert (d / "kml.complete").stat().st_size == 0
+
+
+def test_kml_complete_only_for_a_log_begun_on_an_empty_fileset(tmp_path):
+    m = Mount(tmp_path)
+    d = m.backing / ".intermezzo" / FSET
+    d.mkdir(parents=True)
+    (d / "kml.complete").write_bytes(b"")  # left from an earlier log
+    (m.backing / "there-before.txt").write_text("not in any log\n")
+    m.start()
+    try:
+        assert (d / "kml").exists() and not (d / "kml.complete").exists()
+        write_file(m.p("new.txt"), b"x")
+    finally:
+        m.stop()
+    # An existing log keeps what it had: no marker appears on a remount.
+    m.start()
+    try:
+        assert not (d / "kml.complete").exists()
+        assert [r["path"] for r in m.records()] == ["new.txt", "new.txt"]
+    finally:
+        m.stop()

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -580,6 +581,50 @@ TEST_CASE("kml: the position is saved once durable and a restart replays from it
   f.settle();
   CHECK(f.host.described() == std::vector<std::string>{"Created 'eight'"});
   CHECK(f.host.rescans.empty());
+}
+
+TEST_CASE("kml: a first start replays a log begun on an empty fileset from record 1", "[kml]") {
+  Fixture f;
+  f.append(mkdir_rec("d"));
+  f.append(create("d/one"));
+  f.append(two_paths(KmlOp::Rename, "d/one", "d/two"));
+  f.append(removal(KmlOp::Rmdir, "", "gone"));
+  { std::ofstream marker(f.log() + ".complete"); }
+  f.start();
+  f.wait_events(4);
+  f.settle();
+  INFO(f.host.dump());
+  CHECK(f.host.described() == std::vector<std::string>{"Created 'd' dir", "Created 'd/one'",
+                                                       "Renamed 'd/one' -> 'd/two'",
+                                                       "Deleted 'gone' dir"});
+  CHECK(f.host.rescans.empty());
+  CHECK(f.saved_position()->recno == 4);
+  CHECK(f.saved_position()->end == f.log_end());
+
+  // The log must still begin with record 1.
+  f.destroy_backend();
+  fs::remove(f.position_path());
+  f.close_writer();
+  fs::remove(f.log());
+  f.write_raw(f.encode(create("late"), 3));
+  f.restart();
+  f.settle();
+  INFO(f.host.dump());
+  REQUIRE(f.host.rescans.size() == 1);
+  CHECK(f.host.rescans[0].second.find("records 1 to 2 are missing") != std::string::npos);
+}
+
+TEST_CASE("kml: the marker of a complete log does not hold once it was truncated", "[kml]") {
+  Fixture f;
+  f.append(create("one"));
+  const uint64_t second = f.append(create("two"));
+  f.truncate_log(second);
+  { std::ofstream marker(f.log() + ".complete"); }
+  start_fresh(f);
+  f.append(create("three"));
+  f.wait_events(1);
+  f.settle();
+  CHECK(f.host.described() == std::vector<std::string>{"Created 'three'"});
 }
 
 TEST_CASE("kml: a log that does not exist yet is followed once it appears", "[kml]") {
