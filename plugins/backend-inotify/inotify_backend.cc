@@ -28,6 +28,7 @@
 #include "intersync/backend.h"
 #include "intersync/log.h"
 #include "intersync/plugin.h"
+#include "intersync/uv_handle.h"
 #include "intersync/uv_timer.h"
 
 namespace intersync {
@@ -70,44 +71,6 @@ std::string unwatched_reason(int code) {
   }
   return std::string("directory not watched: ") + std::strerror(-code);
 }
-
-// Owns the uv_poll_t that watches the inotify descriptor. Closing is
-// asynchronous and the owner may be gone before the loop finishes it, so
-// the memory is released in the close callback, which touches nothing else.
-class UvPoll {
- public:
-  UvPoll() = default;
-  ~UvPoll() { close(); }
-  UvPoll(const UvPoll&) = delete;
-  UvPoll& operator=(const UvPoll&) = delete;
-
-  // Polls `fd` for reading; `callback` sees `data` in handle->data.
-  // Returns 0 or a negative uv error.
-  int start(uv_loop_t* loop, int fd, void* data, uv_poll_cb callback) {
-    close();
-    auto* handle = new uv_poll_t;
-    if (int err = uv_poll_init(loop, handle, fd); err < 0) {
-      // A failed init leaves nothing for the loop to close.
-      delete handle;
-      return err;
-    }
-    handle_ = handle;
-    handle_->data = data;
-    return uv_poll_start(handle_, UV_READABLE, callback);
-  }
-  // Starts closing the handle, which also stops polling at once, so the
-  // descriptor may be closed right after. Calling it again does nothing.
-  void close() {
-    if (handle_ == nullptr) return;
-    handle_->data = nullptr;
-    uv_close(reinterpret_cast<uv_handle_t*>(handle_),
-             [](uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); });
-    handle_ = nullptr;
-  }
-
- private:
-  uv_poll_t* handle_ = nullptr;
-};
 
 class InotifyBackend final : public Backend {
  public:
@@ -162,7 +125,7 @@ class InotifyBackend final : public Backend {
   InotifyWatcher watcher_;
   InotifyWatcher::IgnoredFn ignored_;
   BackendHost* host_ = nullptr;
-  UvPoll poll_;
+  UvHandle<uv_poll_t> poll_;
   std::optional<UvTimer> pair_timer_;
   std::optional<UvTimer> rescan_timer_;
   // A MOVED_FROM that ended the previous read; pending_seq_ tells a new one
@@ -209,7 +172,7 @@ Status InotifyBackend::start(uv_loop_t* loop, const std::string& root, BackendHo
                                                     : ""));
   }
 
-  if (int err = poll_.start(loop, watcher_.fd(), this, on_poll); err < 0) {
+  if (int err = uv_poll_readable(poll_, loop, watcher_.fd(), this, on_poll); err < 0) {
     stop();
     return make_error(err, fmt::format("inotify: cannot poll the inotify descriptor for '{}': {}",
                                        root, uv_strerror(err)));

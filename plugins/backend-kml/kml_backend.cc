@@ -63,6 +63,7 @@
 #include "intersync/kml.h"
 #include "intersync/log.h"
 #include "intersync/plugin.h"
+#include "intersync/uv_handle.h"
 #include "intersync/uv_timer.h"
 #include "kml_position.h"
 
@@ -242,39 +243,6 @@ Result<std::string> read_at(int fd, uint64_t offset, size_t len) {
   return buf;
 }
 
-// Owns the uv_poll_t that watches the inotify descriptor (as in the inotify
-// backend): the close callback frees the handle and touches nothing else,
-// so the owner may be gone by then.
-class UvPoll {
- public:
-  UvPoll() = default;
-  ~UvPoll() { close(); }
-  UvPoll(const UvPoll&) = delete;
-  UvPoll& operator=(const UvPoll&) = delete;
-
-  int start(uv_loop_t* loop, int fd, void* data, uv_poll_cb callback) {
-    close();
-    auto* handle = new uv_poll_t;
-    if (int err = uv_poll_init(loop, handle, fd); err < 0) {
-      delete handle;
-      return err;
-    }
-    handle_ = handle;
-    handle_->data = data;
-    return uv_poll_start(handle_, UV_READABLE, callback);
-  }
-  void close() {
-    if (handle_ == nullptr) return;
-    handle_->data = nullptr;
-    uv_close(reinterpret_cast<uv_handle_t*>(handle_),
-             [](uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); });
-    handle_ = nullptr;
-  }
-
- private:
-  uv_poll_t* handle_ = nullptr;
-};
-
 class KmlBackend final : public Backend {
  public:
   KmlBackend() : self_(std::make_shared<KmlBackend*>(this)) {}
@@ -362,7 +330,7 @@ class KmlBackend final : public Backend {
   // inotify
   int inotify_fd_ = -1;
   int file_wd_ = -1;
-  UvPoll poll_;
+  UvHandle<uv_poll_t> poll_;
   std::optional<UvTimer> continue_timer_;
 
   // the position file
@@ -494,7 +462,7 @@ Status KmlBackend::start(uv_loop_t* loop, const std::string& root, BackendHost* 
     restore(KmlPosition{});
     from_first = true;
   }
-  if (int err = poll_.start(loop, inotify_fd_, this, on_poll); err < 0) {
+  if (int err = uv_poll_readable(poll_, loop, inotify_fd_, this, on_poll); err < 0) {
     return fail_start(make_error(
         err, fmt::format("kml: cannot poll the inotify descriptor: {}", uv_strerror(err))));
   }

@@ -74,6 +74,16 @@ class UvHandle {
   T* handle_ = nullptr;
 };
 
+// Starts polling `fd` for reading with a fresh handle owned by `poll` (a
+// backend watching an inotify descriptor); `callback` gets `data` in
+// handle->data. Returns 0 or a negative uv error.
+inline int uv_poll_readable(UvHandle<uv_poll_t>& poll, uv_loop_t* loop, int fd, void* data,
+                            uv_poll_cb callback) {
+  int rc =
+      poll.init(loop, data, [fd](uv_loop_t* l, uv_poll_t* h) { return uv_poll_init(l, h, fd); });
+  return rc < 0 ? rc : uv_poll_start(poll.get(), UV_READABLE, callback);
+}
+
 // Runs a callback that belongs to someone else (core's handler, a caller's
 // response callbacks) from inside a loop callback: an exception must not
 // unwind through libuv, so it is logged here and reported as false.
