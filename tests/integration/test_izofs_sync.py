@@ -238,43 +238,62 @@ def test_server_killed_while_users_write_resumes_from_its_saved_position(env):
     converge(cluster, client)
     wait_for(lambda: saved_position(m) is not None, what="a first saved position")
 
+    # The user writes (and sometimes renames) files while `target` is ahead
+    # of what it wrote; each step of the test moves `target` on, so the
+    # amount of work stays bounded.
     written = []
+    target = [40]
     stop = threading.Event()
+    more = threading.Condition()
     failure = []
 
     def writer():
         try:
             i = 0
-            while not stop.is_set():
-                os.makedirs(m.mnt / f"w{i // 10}", exist_ok=True)
-                write_file(m.mnt / f"w{i // 10}" / f"f{i}", f"file {i}\n".encode() * (i + 1))
+            while True:
+                with more:
+                    more.wait_for(lambda: stop.is_set() or i < target[0])
+                    if stop.is_set():
+                        return
+                d = m.mnt / f"w{i // 10}"
+                os.makedirs(d, exist_ok=True)
+                write_file(d / f"f{i}", f"file {i}\n".encode() * (i + 1))
                 if i % 7 == 3:
-                    os.rename(m.mnt / f"w{i // 10}" / f"f{i}", m.mnt / f"w{i // 10}" / f"r{i}")
+                    os.rename(d / f"f{i}", d / f"r{i}")
                 written.append(i)
                 i += 1
         except OSError as exc:  # reported once the thread is joined
             failure.append(exc)
 
+    def write_up_to(n):
+        with more:
+            target[0] = n
+            more.notify()
+
     t = threading.Thread(target=writer)
     t.start()
     try:
         wait_for(lambda: len(written) >= 20, what="writes before the kill")
-        server.kill9()
+        server.kill9()  # the user is still writing
         killed_at = len(written)
         before_restart = saved_position(m)
+        assert before_restart is not None
         # Killed in the middle of an append, the journal may end in a torn
         # record, which the restart cuts off.
         journaled_at_kill = {r["path"] for r in kml_records(fset_dir(m) / "sync.kml", strict=False)
                              if r["op"] in ("CREATE", "MKDIR")}
         indexed_at_kill = index_paths(server.state / f"{FSET}.db", env.tmp / "index-copy")
-        assert before_restart is not None
+        write_up_to(killed_at + 30)
         wait_for(lambda: len(written) >= killed_at + 30, what="writes while the server is down")
         down_records = kml_records(m.kml)
         assert down_records[-1]["recno"] > before_restart[0]
+        write_up_to(killed_at + 60)  # and on while it starts
         server = cluster.start_server(backend="kml")
         wait_for(lambda: len(written) >= killed_at + 60, what="writes after the restart")
     finally:
         stop.set()
+        with more:
+            more.notify()
         t.join(timeout=30)
     assert not failure, failure
     converge(cluster, client)
