@@ -17,6 +17,8 @@ packages=(
   clang libclang-rt-14-dev llvm
   # peers the tests and the benchmark start for real
   rsync openssh-server openssh-client lighttpd
+  # the benchmark's other replicators, run side by side with intersync (bench/run)
+  unison lsyncd syncthing
   # izofs, the FUSE file system that journals every change (issue #4)
   libfuse3-dev fuse3 attr
 )
