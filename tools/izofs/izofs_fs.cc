@@ -274,6 +274,20 @@ KmlRecord Izofs::record(const Caller& c, KmlOp op) const {
   return rec;
 }
 
+KmlRecord Izofs::creation_record(const Caller& c, KmlOp op, std::string path,
+                                 const struct stat& obj, const struct stat& dir_old,
+                                 const struct stat& dir_new) const {
+  KmlRecord rec = record(c, op);
+  rec.path = std::move(path);
+  rec.mode = obj.st_mode;
+  rec.uid = obj.st_uid;
+  rec.gid = obj.st_gid;
+  rec.v_parent_old = version_of(dir_old);
+  rec.v_parent_new = version_of(dir_new);
+  rec.v_obj_new = version_of(obj);
+  return rec;
+}
+
 int Izofs::journal(KmlRecord& rec) {
   if (Status s = kml_.append(rec); !s.ok()) {
     intersync::log_error("izofs: {} not journaled: {}", intersync::kml_op_name(rec.opcode),
@@ -517,17 +531,10 @@ void Izofs::make_node(fuse_req_t req, fuse_ino_t parent_id, const char* name, Km
   if (dir && !is_internal_path(join_rel(*dir, name))) {
     struct stat dir_new;
     fstat(parent.fd(), &dir_new);
-    KmlRecord rec = record(c, op);
-    rec.path = join_rel(*dir, name);
-    rec.mode = e.attr.st_mode;
-    rec.uid = e.attr.st_uid;
-    rec.gid = e.attr.st_gid;
+    KmlRecord rec = creation_record(c, op, join_rel(*dir, name), e.attr, dir_old, dir_new);
     rec.major = major(e.attr.st_rdev);
     rec.minor = minor(e.attr.st_rdev);
     if (symlink_target) rec.target = symlink_target;
-    rec.v_parent_old = version_of(dir_old);
-    rec.v_parent_new = version_of(dir_new);
-    rec.v_obj_new = version_of(e.attr);
     err = journal(rec);
   }
   if (err != 0) {
@@ -732,14 +739,8 @@ void Izofs::create(fuse_req_t req, fuse_ino_t parent_id, const char* name, mode_
   if (dir && !is_internal_path(join_rel(*dir, name))) {
     struct stat dir_new;
     fstat(parent.fd(), &dir_new);
-    KmlRecord rec = record(c, KmlOp::Create);
-    rec.path = join_rel(*dir, name);
-    rec.mode = e.attr.st_mode;
-    rec.uid = e.attr.st_uid;
-    rec.gid = e.attr.st_gid;
-    rec.v_parent_old = version_of(dir_old);
-    rec.v_parent_new = version_of(dir_new);
-    rec.v_obj_new = version_of(e.attr);
+    KmlRecord rec =
+        creation_record(c, KmlOp::Create, join_rel(*dir, name), e.attr, dir_old, dir_new);
     err = journal(rec);
   }
   if (err != 0) {

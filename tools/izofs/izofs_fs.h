@@ -145,6 +145,11 @@ class Izofs {
   // (the failure is logged); none journals for the replicator or for an
   // internal path.
   intersync::KmlRecord record(const Caller& c, intersync::KmlOp op) const;
+  // The record of a new entry `path` (CREATE, MKDIR, MKNOD, SYMLINK): its
+  // attributes `obj` and its directory's versions before and after.
+  intersync::KmlRecord creation_record(const Caller& c, intersync::KmlOp op, std::string path,
+                                       const struct stat& obj, const struct stat& dir_old,
+                                       const struct stat& dir_new) const;
   int journal(intersync::KmlRecord& rec);
   // 0, or EIO when the log could not be made durable.
   int sync_journal();
