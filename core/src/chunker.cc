@@ -94,6 +94,29 @@ void Chunker::cut() {
   fingerprint_ = 0;
 }
 
+namespace {
+
+// Rolls the gear fingerprint over up to `n` bytes and stops just past the
+// first one whose fingerprint has no bit of `Mask` set; returns how many
+// bytes it consumed and whether it stopped at such a cut point. The mask is
+// a constant and the loop has one branch, so it runs at about a byte a cycle.
+template <uint64_t Mask>
+size_t roll_to_cut(const uint8_t* p, size_t n, uint64_t& fingerprint, bool& cut) {
+  uint64_t f = fingerprint;
+  for (size_t k = 0; k < n; ++k) {
+    f = (f << 1) + kGear.v[p[k]];
+    if ((f & Mask) == 0) {
+      fingerprint = f;
+      cut = true;
+      return k + 1;
+    }
+  }
+  fingerprint = f;
+  return n;
+}
+
+}  // namespace
+
 void Chunker::feed(const void* data, size_t size) {
   const uint8_t* p = static_cast<const uint8_t*>(data);
   manifest_.size += size;
@@ -104,16 +127,26 @@ void Chunker::feed(const void* data, size_t size) {
       i = std::min<size_t>(size, kChunkMin - chunk_len_);
       chunk_len_ += static_cast<uint32_t>(i);
     }
+    // A byte that makes the chunk L bytes long ends it when the fingerprint
+    // clears the strict mask (L < average), the loose one (L < maximum), or
+    // when L reaches the maximum.
     bool boundary = false;
-    for (; i < size; ++i) {
-      fingerprint_ = (fingerprint_ << 1) + kGear.v[p[i]];
+    if (i < size && chunk_len_ < kChunkAvg - 1) {
+      size_t n = roll_to_cut<kMaskStrict>(
+          p + i, std::min<size_t>(size - i, kChunkAvg - 1 - chunk_len_), fingerprint_, boundary);
+      i += n;
+      chunk_len_ += static_cast<uint32_t>(n);
+    }
+    if (!boundary && i < size && chunk_len_ < kChunkMax - 1) {
+      size_t n = roll_to_cut<kMaskLoose>(
+          p + i, std::min<size_t>(size - i, kChunkMax - 1 - chunk_len_), fingerprint_, boundary);
+      i += n;
+      chunk_len_ += static_cast<uint32_t>(n);
+    }
+    if (!boundary && i < size && chunk_len_ == kChunkMax - 1) {
+      ++i;
       ++chunk_len_;
-      uint64_t mask = chunk_len_ < kChunkAvg ? kMaskStrict : kMaskLoose;
-      if ((fingerprint_ & mask) == 0 || chunk_len_ >= kChunkMax) {
-        ++i;
-        boundary = true;
-        break;
-      }
+      boundary = true;
     }
     sha_->update(p, i);
     if (boundary) cut();
