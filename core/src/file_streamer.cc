@@ -2,6 +2,7 @@
 #include "file_streamer.h"
 
 #include <string>
+#include <utility>
 
 #include "intersync/log.h"
 
@@ -9,6 +10,7 @@ namespace intersync {
 namespace {
 
 constexpr size_t kPiece = 256 * 1024;
+constexpr unsigned kPiecesAhead = 4;  // read but not yet handed to the kernel
 
 struct Streamer : std::enable_shared_from_this<Streamer> {
   uv_fs_t req{};
@@ -18,11 +20,15 @@ struct Streamer : std::enable_shared_from_this<Streamer> {
   uint64_t remaining = 0;
   uint64_t sent = 0;
   std::string buf;
+  bool reading = false;
+  bool finished = false;
+  unsigned unflushed = 0;
   std::shared_ptr<ResponseWriter> writer;
   std::function<void(uint64_t)> on_done;
   std::shared_ptr<Streamer> self;  // kept while a read is in flight
 
   void finish(bool ok) {
+    if (std::exchange(finished, true)) return;
     if (ok) {
       writer->end();
     } else {
@@ -31,13 +37,21 @@ struct Streamer : std::enable_shared_from_this<Streamer> {
     if (on_done) on_done(sent);
   }
 
-  void read_next() {
-    if (remaining == 0) return finish(true);
+  // Reads the next piece when one is due, or ends the response once every
+  // piece is read and flushed.
+  void pump() {
+    if (finished || reading) return;
+    if (remaining == 0) {
+      if (unflushed == 0) finish(true);
+      return;
+    }
     if (writer->closed()) return finish(false);
+    if (unflushed >= kPiecesAhead) return;
     buf.resize(std::min<uint64_t>(kPiece, remaining));
     uv_buf_t b = uv_buf_init(buf.data(), static_cast<unsigned>(buf.size()));
     self = shared_from_this();
     req.data = this;
+    reading = true;
     int rc = uv_fs_read(loop, &req, fd.get(), &b, 1, static_cast<int64_t>(offset), [](uv_fs_t* r) {
       auto* s = static_cast<Streamer*>(r->data);
       std::shared_ptr<Streamer> keep = std::move(s->self);
@@ -46,12 +60,15 @@ struct Streamer : std::enable_shared_from_this<Streamer> {
       s->on_read(n);
     });
     if (rc != 0) {
+      reading = false;
       self.reset();
       finish(false);
     }
   }
 
   void on_read(ssize_t n) {
+    reading = false;
+    if (finished) return;
     if (n <= 0) {
       log_warn("stream to {}: file ended or failed {} bytes early", writer->peer(), remaining);
       return finish(false);
@@ -60,9 +77,14 @@ struct Streamer : std::enable_shared_from_this<Streamer> {
     offset += static_cast<uint64_t>(n);
     remaining -= static_cast<uint64_t>(n);
     sent += static_cast<uint64_t>(n);
+    ++unflushed;
     auto keep = shared_from_this();
-    writer->write(std::move(buf), [keep] { keep->read_next(); });
+    writer->write(std::move(buf), [keep] {
+      --keep->unflushed;
+      keep->pump();
+    });
     buf = std::string();
+    pump();
   }
 };
 
@@ -77,7 +99,7 @@ void stream_file(uv_loop_t* loop, UniqueFd fd, uint64_t offset, uint64_t length,
   s->remaining = length;
   s->writer = std::move(writer);
   s->on_done = std::move(on_done);
-  s->read_next();
+  s->pump();
 }
 
 }  // namespace intersync

@@ -1,7 +1,7 @@
 // Streams a byte range of an open file into a response without holding it in
-// memory: reads of 256 KiB on the thread pool (uv_fs_read), each piece
-// written once the previous one was flushed, so at most two pieces are in
-// memory whatever the file's size.
+// memory: reads of 256 KiB on the thread pool (uv_fs_read), one at a time,
+// running ahead of the socket by at most four pieces (1 MiB), so the disk
+// and the socket work at once and memory stays bounded whatever the size.
 #pragma once
 
 #include <uv.h>
