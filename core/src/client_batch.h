@@ -5,6 +5,7 @@
 
 #include <uv.h>
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -32,6 +33,8 @@ struct FilesetClient::Batch {
   std::vector<KmlRecord> records;
   std::map<Hash, std::string> small;  // content id -> bytes (unverified)
   std::set<Hash> staged;              // content ids downloaded to tmp/<hex>
+  std::map<Hash, Manifest> hashed;    // of staged files, hashed as they were written
+  std::set<Hash> awaiting;            // staged contents still downloading
   std::set<Hash> requested;           // content ids asked of the server
   uint32_t last_recno = 0;
   // Filled by the job:
@@ -42,6 +45,9 @@ struct FilesetClient::Batch {
   std::optional<Hash> refetch;  // a content to ask the server for (see ContentSources)
   // Data on demand: content not asked for becomes a placeholder.
   bool on_demand = false;
+  // When its contents were asked for, and how long they took (debug log).
+  std::chrono::steady_clock::time_point fetch_start;
+  double ms_fetch = 0;
 
   // A local batch changes no server record and leaves last_rcvd alone: it
   // installs contents fetched on demand (`records` are CONTENT records of
@@ -54,61 +60,39 @@ struct FilesetClient::Batch {
   std::vector<std::string> failed;  // "path: why", filled by the job
 };
 
-// Streams one response body into a staging file with uv_fs_write, pausing
-// the call while more than a few MiB wait for the disk.
+// Streams one response body into a staging file. The bytes are written in
+// order by one thread-pool job at a time, which also hashes them when the
+// body starts at byte 0, so the applier need not read a large file back to
+// check it. The call is paused while more than a few MiB wait for the disk.
 struct StagedDownload : std::enable_shared_from_this<StagedDownload> {
   uv_loop_t* loop = nullptr;
   int fd = -1;
-  uint64_t offset = 0;
-  uint64_t queued = 0;
+  uint64_t offset = 0;  // the file's length once what was received is written
   int write_error = 0;
-  bool paused = false;
   bool response_done = false;
   Status response_status;
   int http_status = 0;
   std::shared_ptr<ClientCall> call;
   std::function<void(StagedDownload&)> finished;
+  // Set when the whole file was hashed on its way to the disk.
+  std::optional<Manifest> manifest;
 
-  ~StagedDownload() {
-    if (fd >= 0) ::close(fd);
-  }
+  ~StagedDownload();
+  // The response's body is about to arrive, for the file from `offset` on;
+  // from byte 0 it is hashed as it is written.
+  void begin_body();
+  void write(std::string_view data);
+  void maybe_finish();
 
-  void write(std::string_view data) {
-    struct Req {
-      uv_fs_t fs;
-      std::string buf;
-      std::shared_ptr<StagedDownload> owner;
-    };
-    auto* req = new Req{{}, std::string(data), shared_from_this()};
-    req->fs.data = req;
-    uv_buf_t b = uv_buf_init(req->buf.data(), static_cast<unsigned>(req->buf.size()));
-    queued += data.size();
-    int64_t at = static_cast<int64_t>(offset);
-    offset += data.size();
-    uv_fs_write(loop, &req->fs, fd, &b, 1, at, [](uv_fs_t* f) {
-      std::unique_ptr<Req> r(static_cast<Req*>(f->data));
-      auto& self = *r->owner;
-      if (f->result < 0 && self.write_error == 0) self.write_error = static_cast<int>(f->result);
-      self.queued -= r->buf.size();
-      uv_fs_req_cleanup(f);
-      if (self.paused && self.queued < (2u << 20) && self.call) {
-        self.paused = false;
-        self.call->resume();
-      }
-      self.maybe_finish();
-    });
-    if (queued > (8u << 20) && call && !paused) {
-      paused = true;
-      call->pause();
-    }
-  }
-
-  void maybe_finish() {
-    if (!response_done || queued > 0 || !finished) return;
-    auto f = std::move(finished);
-    finished = nullptr;
-    f(*this);
-  }
+ private:
+  void start_job();
+  uint64_t queued_ = 0;  // received, not yet written
+  uint64_t written_ = 0;
+  bool paused_ = false;
+  std::vector<std::string> waiting_;
+  struct Job;
+  Job* job_ = nullptr;  // in flight
+  std::unique_ptr<Chunker> chunker_;
 };
 
 }  // namespace intersync

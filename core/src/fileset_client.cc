@@ -9,6 +9,7 @@
 #include <uuid/uuid.h>
 
 #include <charconv>
+#include <chrono>
 #include <cstring>
 #include <ctime>
 #include <map>
@@ -31,6 +32,10 @@ constexpr size_t kBatchLargeFiles = 16;
 // so large files are spread over batches, each applied while the next
 // downloads.
 constexpr uint64_t kBatchLargeBytes = 64ull << 20;
+// Large contents of records not yet in a batch are downloaded ahead, at
+// most this many at once and this far ahead of the batches.
+constexpr unsigned kPrefetchFiles = 4;
+constexpr uint64_t kPrefetchBytes = 256ull << 20;
 constexpr size_t kBulkIds = 1024;
 constexpr uint64_t kMaxPending = 50000;  // records received ahead of applying
 constexpr unsigned kPollWait = 25;       // seconds a long-poll waits on the server
@@ -64,7 +69,18 @@ struct ApplyJob {
   size_t entries = 0;
   std::function<bool(const std::string&)> protect;
   std::function<void(ApplyJob*)> done;
+  // Where a server batch's time went, in ms, for the debug log: writing
+  // small files to staging, applying the records in order, syncfs, and the
+  // index and last_rcvd.
+  double ms_prestage = 0, ms_apply = 0, ms_syncfs = 0, ms_commit = 0;
 };
+
+double ms_since(std::chrono::steady_clock::time_point& t) {
+  auto now = std::chrono::steady_clock::now();
+  double ms = std::chrono::duration<double, std::milli>(now - t).count();
+  t = now;
+  return ms;
+}
 
 // Runs on the thread pool: applies the batch, makes it durable with one
 // syncfs, then advances the index and last_rcvd.
@@ -75,6 +91,7 @@ void run_local_job(ApplyJob& job, RecordApplier& applier) {
   if (b.local == FilesetClient::Batch::Local::Install) {
     ContentSources sources;
     sources.staged = b.staged_as;
+    sources.hashed = std::move(b.hashed);
     for (size_t i = 0; i < b.records.size(); ++i) {
       std::string err;
       size_t skipped = applier.skipped();
@@ -117,10 +134,13 @@ void run_apply_job(ApplyJob& job) {
   ContentSources sources;
   sources.small = std::move(b.small);
   for (const auto& id : b.staged) sources.staged[id] = hash_hex(id);
+  sources.hashed = std::move(b.hashed);
   sources.can_refetch = true;
   sources.on_demand = b.on_demand;
   sources.requested = b.requested;
+  auto t = std::chrono::steady_clock::now();
   applier.prestage(b.records, sources, std::thread::hardware_concurrency());
+  job.ms_prestage = ms_since(t);
   for (size_t i = 0; i < b.records.size(); ++i) {
     std::string err;
     if (!applier.apply(b.records, i, sources, &err)) {
@@ -135,6 +155,7 @@ void run_apply_job(ApplyJob& job) {
   }
   applier.discard_prestaged(sources);
   b.skipped = applier.skipped();
+  job.ms_apply = ms_since(t);
   if (b.applied_upto == 0) return;
   const SafeRoot& root = *job.root;
   auto root_dir = root.open_beneath("", O_RDONLY | O_DIRECTORY);
@@ -144,6 +165,7 @@ void run_apply_job(ApplyJob& job) {
     b.applied_upto = 0;
     return;
   }
+  job.ms_syncfs = ms_since(t);
   job.index->set_meta("server_uuid", job.server_uuid);
   job.index->set_meta("applied", std::to_string(b.applied_upto));
   job.index->set_meta(kApplyingKey, "{}");
@@ -164,6 +186,7 @@ void run_apply_job(ApplyJob& job) {
   // Staged downloads no record used (superseded within the batch).
   for (const auto& [id, name] : sources.staged) unlink((job.tmp_dir + "/" + name).c_str());
   job.entries = job.index->size();
+  job.ms_commit = ms_since(t);
 }
 
 }  // namespace
@@ -193,14 +216,7 @@ Status FilesetClient::start(std::unique_ptr<Transport> transport,
   if (Status s = root_->open(config_.path); !s) return s;
   if (Status s = index_->open(state_dir_ + "/" + config_.name + ".db"); !s) return s;
   entries_ = index_->size();
-  // Files a crash left half-written in staging are of no use; downloads
-  // (<id> and <id>.part) are kept to be verified or resumed.
-  if (DIR* d = opendir(dir_.tmp.c_str())) {
-    while (struct dirent* e = readdir(d)) {
-      if (std::strncmp(e->d_name, "w-", 2) == 0) unlinkat(dirfd(d), e->d_name, 0);
-    }
-    closedir(d);
-  }
+  clear_staging();
   ignore_.load_file(config_.path);
   load_pins();
   if (config_.write_back) {
@@ -249,6 +265,28 @@ Status FilesetClient::start(std::unique_ptr<Transport> transport,
            config_.server_host, config_.server_port);
   connect();
   return {};
+}
+
+// Files a crash left half-written in staging, or in the prestaging
+// directories in it, are of no use; downloads (<id> and <id>.part) are
+// kept to be verified or resumed.
+void FilesetClient::clear_staging() {
+  auto clear = [](const std::string& dir, bool descend, auto& self) -> void {
+    DIR* d = opendir(dir.c_str());
+    if (!d) return;
+    size_t prefix = std::strlen(kPrestageDirPrefix);
+    while (struct dirent* e = readdir(d)) {
+      std::string_view name = e->d_name;
+      if (name.starts_with(kStagingPrefix)) {
+        unlinkat(dirfd(d), e->d_name, 0);
+      } else if (descend && name.starts_with(kPrestageDirPrefix) && name.size() > prefix &&
+                 name.find_first_not_of("0123456789", prefix) == std::string_view::npos) {
+        self(dir + "/" + e->d_name, false, self);
+      }
+    }
+    closedir(d);
+  };
+  clear(dir_.tmp, true, clear);
 }
 
 void FilesetClient::stop() {
@@ -391,6 +429,7 @@ void FilesetClient::lost(const std::string& why) {
   ++generation_;
   poll_call_.reset();
   requeue_fetching();
+  large_.clear();  // their calls went with the session; staged files stay in tmp/
   pending_bytes_ = 0;
   // An upload or reintegrate in flight is dropped with its session (its
   // answer is ignored); the next session starts the round again.
@@ -458,6 +497,7 @@ void FilesetClient::on_records(std::string bytes, uint32_t head) {
     pending_.push_back(std::move(e.record));
   }
   next_batch();
+  prefetch_large();
 }
 
 void FilesetClient::next_batch() {
@@ -493,7 +533,6 @@ void FilesetClient::next_batch() {
           small_bytes += r.size;
         } else {
           batch->staged.insert(r.hash);
-          pending_bytes_ += r.size;
           large_bytes += r.size;
         }
       }
@@ -504,6 +543,7 @@ void FilesetClient::next_batch() {
   pending_bytes_ += small_bytes;
   batch->requested = std::move(wanted);
   batch->on_demand = config_.data_on_demand;
+  batch->fetch_start = std::chrono::steady_clock::now();
   fetching_ = std::move(batch);
   fetches_in_flight_ = 1;  // released below, after every fetch is issued
   for (size_t i = 0; i < small.size(); i += kBulkIds) {
@@ -517,6 +557,7 @@ void FilesetClient::next_batch() {
     }
     fetch_large(id, size);
   }
+  prefetch_large();
   fetch_done();
 }
 
@@ -533,6 +574,7 @@ void FilesetClient::fetch_done() {
     return;
   }
   fetch_retries_ = 0;
+  fetching_->ms_fetch = ms_since(fetching_->fetch_start);
   if (applying_ || reintegrating_) return;  // picked up when that ends
   apply(std::move(fetching_));
 }
@@ -583,58 +625,136 @@ void FilesetClient::fetch_small(std::vector<Hash> ids) {
 }
 
 void FilesetClient::fetch_large(const Hash& id, uint64_t size) {
-  std::string hex = hash_hex(id);
-  std::string final_path = dir_.tmp + "/" + hex;
+  if (auto it = large_.find(id); it != large_.end()) {
+    if (!it->second.done) {
+      fetching_->awaiting.insert(id);  // downloading ahead: wait for it
+      ++fetches_in_flight_;
+      return;
+    }
+    if (it->second.manifest) fetching_->hashed[id] = std::move(*it->second.manifest);
+    large_.erase(it);
+    return;
+  }
+  std::string final_path = dir_.tmp + "/" + hash_hex(id);
   struct stat st;
   if (::stat(final_path.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_size) == size) {
-    pending_bytes_ -= std::min(pending_bytes_, size);
     return;  // downloaded before a restart; verified when applied
   }
+  if (!download_large(id, size)) {
+    fetching_->staged.erase(id);
+    return;
+  }
+  fetching_->awaiting.insert(id);
+  ++fetches_in_flight_;
+}
+
+bool FilesetClient::download_large(const Hash& id, uint64_t size) {
+  std::string hex = hash_hex(id);
+  std::string final_path = dir_.tmp + "/" + hex;
   std::string part = final_path + ".part";
+  struct stat st;
   uint64_t have = 0;
   if (::stat(part.c_str(), &st) == 0) have = static_cast<uint64_t>(st.st_size);
   if (have >= size) have = 0;
   int fd = ::open(part.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) {
     set_error(part + ": " + strerror(errno));
-    fetching_->staged.erase(id);
-    return;
+    return false;
   }
   auto dl = std::make_shared<StagedDownload>();
   dl->loop = loop_;
   dl->fd = fd;
   dl->offset = have;
-  ++fetches_in_flight_;
-  uint64_t gen = generation_, seq = batch_seq_;
+  pending_bytes_ += size - have;
+  large_[id] = LargeDownload{dl, size, false, std::nullopt};
+  uint64_t gen = generation_;
   auto alive = std::weak_ptr<bool>(alive_);
-  dl->finished = [this, gen, seq, alive, id, part, final_path, size](StagedDownload& d) {
-    if (alive.expired() || gen != generation_ || seq != batch_seq_ || !fetching_) return;
+  dl->finished = [this, gen, alive, id, part, final_path](StagedDownload& d) {
+    if (alive.expired() || gen != generation_) return;
+    auto it = large_.find(id);
+    if (it == large_.end()) return;
     if (d.write_error != 0) {
+      large_.erase(it);
       set_error(part + ": " + uv_strerror(d.write_error));
       return lost("cannot write " + part + ": " + uv_strerror(d.write_error));
     }
-    if (!d.response_status) return lost(d.response_status.error().message);
+    if (!d.response_status) {
+      large_.erase(it);
+      return lost(d.response_status.error().message);
+    }
+    bool awaited = fetching_ && fetching_->awaiting.erase(id) > 0;
     if (d.http_status == 404) {
       // Not there right now (see fetch_done); the partial file is kept.
-      fetching_->staged.erase(id);
-      ++fetching_->missing;
+      large_.erase(it);
+      if (awaited) {
+        fetching_->staged.erase(id);
+        ++fetching_->missing;
+      }
     } else if (d.http_status == 200 || d.http_status == 206) {
       ::close(d.fd);
       d.fd = -1;
       if (::truncate(part.c_str(), static_cast<off_t>(d.offset)) != 0 ||
           ::rename(part.c_str(), final_path.c_str()) != 0) {
+        large_.erase(it);
         return lost("cannot stage " + final_path + ": " + strerror(errno));
       }
+      if (awaited) {
+        if (d.manifest) fetching_->hashed[id] = std::move(*d.manifest);
+        large_.erase(it);
+      } else {
+        it->second.done = true;
+        it->second.manifest = std::move(d.manifest);
+        it->second.dl.reset();
+      }
     } else {
+      large_.erase(it);
       return lost("content answered " + std::to_string(d.http_status));
     }
-    fetch_done();
+    prefetch_large();
+    if (awaited) fetch_done();
   };
   if (have > 0) {
     log_info("fileset '{}': resuming download of {} at byte {} of {}", config_.name, hex, have,
              size);
   }
   start_download(dl, id, true);
+  return true;
+}
+
+void FilesetClient::prefetch_large() {
+  if (state_ != State::Connected || config_.data_on_demand) return;
+  unsigned in_flight = 0;
+  for (const auto& [id, d] : large_) in_flight += d.done ? 0 : 1;
+  uint64_t ahead = 0;  // bytes of pending records' contents downloading or downloaded
+  std::set<Hash> seen;
+  for (const KmlRecord& r : pending_) {
+    if (in_flight >= kPrefetchFiles || ahead >= kPrefetchBytes) break;
+    if (r.opcode != KmlOp::Content || r.size <= protocol::kSmallFile || !seen.insert(r.hash).second)
+      continue;
+    if (auto it = large_.find(r.hash); it != large_.end()) {
+      ahead += it->second.size;
+      continue;
+    }
+    const FileState* idx = index_->find(r.path);
+    if (!refetch_.count(r.hash) &&
+        ((idx && idx->content_id == r.hash) || index_->path_of_content(r.hash))) {
+      continue;  // here already
+    }
+    struct stat st;
+    std::string final_path = dir_.tmp + "/" + hash_hex(r.hash);
+    if (::stat(final_path.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_size) == r.size) {
+      continue;
+    }
+    if (!download_large(r.hash, r.size)) return;
+    ++in_flight;
+    ahead += r.size;
+  }
+  // Downloaded ahead for records that went away (the connection was lost,
+  // the journal moved on): their files stay in tmp/ like any download.
+  for (auto it = large_.begin(); it != large_.end();) {
+    bool wanted = seen.count(it->first) || (fetching_ && fetching_->staged.count(it->first));
+    it = it->second.done && !wanted ? large_.erase(it) : std::next(it);
+  }
 }
 
 void FilesetClient::start_download(std::shared_ptr<StagedDownload> dl, const Hash& id,
@@ -648,6 +768,7 @@ void FilesetClient::start_download(std::shared_ptr<StagedDownload> dl, const Has
     if (!d) return;
     d->http_status = h.status;
     if (h.status == 200) d->offset = 0;  // Range not honoured: start over
+    if (h.status == 200 || h.status == 206) d->begin_body();
   };
   cb.on_body = [weak, this, counts_as_pending](std::string_view data) {
     auto d = weak.lock();
@@ -724,7 +845,11 @@ void FilesetClient::apply(std::unique_ptr<Batch> batch) {
     refetch_.clear();
     interrupted_batch_.clear();
     if (b.skipped == 0 && last_error_.rfind("applying", 0) == 0) last_error_.clear();
-    log_debug("fileset '{}': applied records up to {}", config_.name, applied_);
+    log_debug(
+        "fileset '{}': applied records up to {} ({} records: fetched in {:.0f} ms; staging "
+        "{:.0f} ms, applying {:.0f} ms, syncfs {:.0f} ms, index {:.0f} ms)",
+        config_.name, applied_, b.records.size(), b.ms_fetch, j->ms_prestage, j->ms_apply,
+        j->ms_syncfs, j->ms_commit);
     carry_on();
   };
   uv_queue_work(

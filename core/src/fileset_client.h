@@ -13,8 +13,10 @@
 #include <uv.h>
 
 #include <deque>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -65,12 +67,19 @@ class FilesetClient : public BackendHost {
   void on_records(std::string bytes, uint32_t head);
   void next_batch();
   void fetch_small(std::vector<Hash> ids);
+  // The batch being fetched needs large content `id`: waits for its
+  // download, started now or ahead by prefetch_large().
   void fetch_large(const Hash& id, uint64_t size);
+  // Starts downloading `id` into tmp/<hex> (resuming a .part file).
+  bool download_large(const Hash& id, uint64_t size);
+  // Starts the downloads of large contents that pending records will need.
+  void prefetch_large();
   // Sends the GET of content `id` whose body `dl` writes (from dl->offset
   // on, with Range); `counts_as_pending`: its bytes are the batch's.
   void start_download(std::shared_ptr<struct StagedDownload> dl, const Hash& id,
                       bool counts_as_pending);
   void fetch_done();
+  void clear_staging();
   // Puts a batch's records after `after` back in front of pending_.
   void requeue(Batch& batch, uint32_t after);
   // Drops the batch being fetched, its records back in pending_.
@@ -141,6 +150,15 @@ class FilesetClient : public BackendHost {
   std::deque<KmlRecord> pending_;
   std::shared_ptr<ClientCall> poll_call_;
   std::unique_ptr<Batch> fetching_;  // batch whose content is being fetched
+  // Large contents downloading into tmp/<hex> or downloaded ahead of their
+  // batch, by id.
+  struct LargeDownload {
+    std::shared_ptr<struct StagedDownload> dl;  // while downloading
+    uint64_t size = 0;
+    bool done = false;
+    std::optional<Manifest> manifest;  // hashed on the way in
+  };
+  std::map<Hash, LargeDownload> large_;
   unsigned fetches_in_flight_ = 0;
   uint64_t batch_seq_ = 0;  // identifies fetching_ to its fetch callbacks
   unsigned fetch_retries_ = 0;

@@ -186,6 +186,7 @@ void FilesetClient::download_on_demand(const Hash& id, uint64_t size) {
     auto batch = std::make_unique<Batch>();
     batch->local = Batch::Local::Install;
     batch->staged_as[id] = name;
+    if (d.manifest) batch->hashed[id] = std::move(*d.manifest);
     for (const auto& path : it->second.paths) {
       const FileState* idx = index_->find(path);
       if (!idx || idx->content_id != id) {

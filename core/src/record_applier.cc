@@ -49,7 +49,7 @@ bool is_placeholder(int dirfd, const std::string& name) {
 }
 
 std::string staging_name() {
-  return "w-" + random_hex();
+  return kStagingPrefix + random_hex();
 }
 
 bool record_paths_ok(KmlRecord& r, std::string* why) {
@@ -145,6 +145,23 @@ class RecordApplier::Impl {
     index_stat(path, std::move(fs), st);
   }
 
+  // The directory holding `rel`'s entry, opened beneath the root; the last
+  // one stays open for the next records, which are mostly in the same
+  // directory (a batch walks the server's tree one directory at a time).
+  Result<int> parent_dir(const std::string& rel, std::string* name) {
+    std::string dir = parent_of(rel);
+    if (parent_fd_.valid() && dir == parent_path_ && !rel.empty()) {
+      *name = base_name(rel);
+      if (*name != ".." && *name != "." && !name->empty()) return parent_fd_.get();
+    }
+    auto fd = root_.open_parent(rel, name);
+    if (!fd) return fd.error();
+    parent_fd_ = std::move(*fd);
+    parent_path_ = rel.empty() ? std::string("\n") : dir;  // the root's parent is never reused
+    return parent_fd_.get();
+  }
+  void forget_parent_dir() { parent_fd_.reset(); }
+
   bool apply(std::vector<KmlRecord>& recs, size_t i, ContentSources& src, std::string* err) {
     src_ = &src;
     current_ = i;
@@ -152,32 +169,51 @@ class RecordApplier::Impl {
     if (protect && touches_protected(r))
       return skip(r, "a local change to it is not reintegrated yet");
     if (protect && stale(r)) return true;  // this entry is newer here already
+    switch (r.opcode) {
+      case KmlOp::Mkdir:
+      case KmlOp::Create:
+      case KmlOp::Content:
+      case KmlOp::Symlink:
+      case KmlOp::Unlink:
+      case KmlOp::Rmdir:
+      case KmlOp::Rename:
+      case KmlOp::Setattr:
+      case KmlOp::Link:
+        break;
+      default:
+        return true;  // CLOSE (CONTENT carries the data), NOOP, unknown opcodes
+    }
+    if (r.opcode == KmlOp::Create && i + 2 < recs.size() && recs[i + 2].opcode == KmlOp::Content &&
+        recs[i + 2].path == r.path) {
+      // The server writes CREATE, CLOSE, CONTENT for a new file: the
+      // CONTENT brings the file, an empty one in between is not needed.
+      return true;
+    }
+    if (r.opcode == KmlOp::Rename || r.opcode == KmlOp::Rmdir || r.opcode == KmlOp::Unlink) {
+      // The directory kept open may be the one that moves or goes. The one
+      // this record opens stays right: it holds the entry that changes.
+      forget_parent_dir();
+    }
     std::string name;
-    auto parent = root_.open_parent(
-        r.opcode == KmlOp::Rename || r.opcode == KmlOp::Link ? r.target : r.path, &name);
+    auto parent =
+        parent_dir(r.opcode == KmlOp::Rename || r.opcode == KmlOp::Link ? r.target : r.path, &name);
     switch (r.opcode) {
       case KmlOp::Mkdir: {
         if (!parent) return skip(r, parent.error().message);
-        if (mkdirat(parent->get(), name.c_str(), r.mode & 07777) != 0 && errno != EEXIST) {
+        if (mkdirat(*parent, name.c_str(), r.mode & 07777) != 0 && errno != EEXIST) {
           return fail(err, root_.path() + "/" + r.path, errno);
         }
-        fchmodat(parent->get(), name.c_str(), r.mode & 07777, 0);
+        fchmodat(*parent, name.c_str(), r.mode & 07777, 0);
         FileState fs;
         fs.type = FileType::Dir;
         fs.version = r.recno;
-        index_from_disk(parent->get(), name, r.path, fs);
+        index_from_disk(*parent, name, r.path, fs);
         return true;
       }
       case KmlOp::Create: {
-        // The server writes CREATE, CLOSE, CONTENT for a new file: the
-        // CONTENT brings the file, an empty one in between is not needed.
-        if (i + 2 < recs.size() && recs[i + 2].opcode == KmlOp::Content &&
-            recs[i + 2].path == r.path) {
-          return true;
-        }
         if (!parent) return skip(r, parent.error().message);
-        int fd = openat(parent->get(), name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-                        r.mode & 07777);
+        int fd =
+            openat(*parent, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, r.mode & 07777);
         if (fd < 0) {
           if (errno == EEXIST) return true;
           return fail(err, root_.path() + "/" + r.path, errno);
@@ -193,17 +229,17 @@ class RecordApplier::Impl {
       }
       case KmlOp::Content:
         if (!parent) return skip(r, parent.error().message);
-        return apply_content(r, parent->get(), name, err);
+        return apply_content(r, *parent, name, err);
       case KmlOp::Symlink: {
         if (!parent) return skip(r, parent.error().message);
         char buf[4096];
-        ssize_t n = readlinkat(parent->get(), name.c_str(), buf, sizeof buf);
+        ssize_t n = readlinkat(*parent, name.c_str(), buf, sizeof buf);
         if (n < 0 || std::string_view(buf, static_cast<size_t>(n)) != r.target) {
           std::string tmp = staging_name();
           if (symlinkat(r.target.c_str(), staging_.get(), tmp.c_str()) != 0) {
             return fail(err, root_.path() + "/" + r.path, errno);
           }
-          if (int e = move_into_place(tmp, parent->get(), name); e != 0) {
+          if (int e = move_into_place(tmp, *parent, name); e != 0) {
             unlinkat(staging_.get(), tmp.c_str(), 0);
             if (e == EISDIR || e == ENOTEMPTY) return skip(r, "a directory is in the way");
             return fail(err, root_.path() + "/" + r.path, e);
@@ -213,7 +249,7 @@ class RecordApplier::Impl {
         fs.type = FileType::Symlink;
         fs.target = r.target;
         fs.version = r.recno;
-        index_from_disk(parent->get(), name, r.path, fs);
+        index_from_disk(*parent, name, r.path, fs);
         return true;
       }
       case KmlOp::Unlink:
@@ -222,11 +258,11 @@ class RecordApplier::Impl {
           index_.erase(r.path);
           return true;  // the parent is gone already: so is the entry
         }
-        if (protect && r.opcode == KmlOp::Unlink && changed_here(parent->get(), name, r.path)) {
+        if (protect && r.opcode == KmlOp::Unlink && changed_here(*parent, name, r.path)) {
           return skip(r, "changed locally meanwhile");
         }
         int flags = r.opcode == KmlOp::Rmdir ? AT_REMOVEDIR : 0;
-        if (unlinkat(parent->get(), name.c_str(), flags) != 0 && errno != ENOENT) {
+        if (unlinkat(*parent, name.c_str(), flags) != 0 && errno != ENOENT) {
           if (errno == ENOTEMPTY || errno == EISDIR || errno == ENOTDIR) {
             return skip(r, strerror(errno));
           }
@@ -240,7 +276,7 @@ class RecordApplier::Impl {
         std::string src_name;
         auto src_parent = root_.open_parent(r.src, &src_name);
         if (!parent || !src_parent) return skip(r, "a parent directory is missing");
-        if (renameat(src_parent->get(), src_name.c_str(), parent->get(), name.c_str()) != 0) {
+        if (renameat(src_parent->get(), src_name.c_str(), *parent, name.c_str()) != 0) {
           if (errno == ENOENT) return true;  // applied before a crash, or never had it
           if (errno == ENOTEMPTY || errno == EEXIST || errno == EISDIR || errno == ENOTDIR) {
             return skip(r, strerror(errno));
@@ -255,7 +291,7 @@ class RecordApplier::Impl {
         if (const FileState* moved = index_.find(r.target)) {
           FileState fs = *moved;
           fs.version = r.recno;
-          index_from_disk(parent->get(), name, r.target, fs);
+          index_from_disk(*parent, name, r.target, fs);
         }
         return true;
       }
@@ -264,37 +300,37 @@ class RecordApplier::Impl {
         const FileState* idx = index_.find(r.path);
         if (!idx) return skip(r, "not here");
         if ((r.valid & kAttrMode) && idx->type != FileType::Symlink) {
-          if (fchmodat(parent->get(), name.c_str(), r.mode & 07777, 0) != 0 && errno != ENOENT) {
+          if (fchmodat(*parent, name.c_str(), r.mode & 07777, 0) != 0 && errno != ENOENT) {
             return fail(err, root_.path() + "/" + r.path, errno);
           }
         }
         if (r.valid & kAttrMtime) {
           struct timespec ts[2] = {{0, UTIME_OMIT}, {time_t(r.mtime_sec), long(r.mtime_nsec)}};
-          utimensat(parent->get(), name.c_str(), ts, AT_SYMLINK_NOFOLLOW);
+          utimensat(*parent, name.c_str(), ts, AT_SYMLINK_NOFOLLOW);
         }
         FileState fs = *idx;
         fs.version = r.recno;
         if (r.valid & kAttrMtime) fs.mtime_ns = int64_t(r.mtime_sec) * 1000000000 + r.mtime_nsec;
-        index_from_disk(parent->get(), name, r.path, fs);
+        index_from_disk(*parent, name, r.path, fs);
         return true;
       }
       case KmlOp::Link: {
         std::string src_name;
         auto src_parent = root_.open_parent(r.src, &src_name);
         if (!parent || !src_parent) return skip(r, "a parent directory is missing");
-        if (linkat(src_parent->get(), src_name.c_str(), parent->get(), name.c_str(), 0) != 0 &&
+        if (linkat(src_parent->get(), src_name.c_str(), *parent, name.c_str(), 0) != 0 &&
             errno != EEXIST) {
           return skip(r, strerror(errno));
         }
         if (const FileState* src = index_.find(r.src)) {
           FileState fs = *src;
           fs.version = r.recno;
-          index_from_disk(parent->get(), name, r.target, fs);
+          index_from_disk(*parent, name, r.target, fs);
         }
         return true;
       }
       default:
-        return true;  // CLOSE (CONTENT carries the data), NOOP, unknown opcodes
+        return true;  // the opcodes above are the ones applied
     }
   }
 
@@ -365,12 +401,14 @@ class RecordApplier::Impl {
 
   // Writes one small content to a staging file with the record's mode and
   // mtime (thread-safe: touches nothing but that file).
+  // `subdir` is the writing thread's own directory in staging.
   std::optional<ContentSources::Prestaged> prestage_one(const KmlRecord& r,
-                                                        const std::string& bytes) const {
+                                                        const std::string& bytes,
+                                                        const std::string& subdir) const {
     Manifest m = manifest_of(bytes);
     if (m.content_id != r.hash) return std::nullopt;  // apply() reports it
     ContentSources::Prestaged p;
-    p.name = staging_name();
+    p.name = subdir + staging_name();
     int fd = openat(staging_.get(), p.name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) return std::nullopt;
     bool ok = true;
@@ -400,10 +438,15 @@ class RecordApplier::Impl {
         todo.push_back(i);
     }
     std::vector<std::optional<ContentSources::Prestaged>> done(todo.size());
+    // Each thread creates its files in a directory of its own: creating
+    // files in one directory takes its lock, and the threads would queue.
     auto work = [&](unsigned t) {
+      std::string subdir = kPrestageDirPrefix + std::to_string(t);
+      if (mkdirat(staging_.get(), subdir.c_str(), 0700) != 0 && errno != EEXIST) subdir.clear();
+      if (!subdir.empty()) subdir += '/';
       for (size_t k = t; k < todo.size(); k += threads) {
         const KmlRecord& r = recs[todo[k]];
-        done[k] = prestage_one(r, sources.small.at(r.hash));
+        done[k] = prestage_one(r, sources.small.at(r.hash), subdir);
       }
     };
     std::vector<std::thread> pool;
@@ -474,7 +517,7 @@ class RecordApplier::Impl {
       src_->staged.erase(it);
       int fd = openat(staging_.get(), staged_name.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
       if (fd >= 0) {
-        auto m = manifest_of_fd(fd);
+        Result<Manifest> m = read_back_unless_hashed(fd, r.hash);
         if (m && m->content_id == r.hash) {
           if (m->chunks.size() > 1) fs.chunks = pack_chunks(m->chunks);
           return finish_install(r, fd, dirfd, staged_name, name, std::move(fs), err);
@@ -519,6 +562,18 @@ class RecordApplier::Impl {
     ++skipped;
     log_debug("fileset '{}': record {}: content of {} no longer available", fset_, r.recno, r.path);
     return true;
+  }
+
+  // The manifest of the staged file open at `fd`: the one computed as it
+  // was downloaded when its length still matches, else read from the disk.
+  Result<Manifest> read_back_unless_hashed(int fd, const Hash& id) {
+    auto it = src_->hashed.find(id);
+    struct stat st;
+    if (it != src_->hashed.end() && fstat(fd, &st) == 0 &&
+        static_cast<uint64_t>(st.st_size) == it->second.size) {
+      return std::move(it->second);
+    }
+    return manifest_of_fd(fd);
   }
 
   // A sparse file of the record's size, marked absent, in place of the
@@ -645,6 +700,8 @@ class RecordApplier::Impl {
 
   const SafeRoot& root_;
   FileIndex& index_;
+  UniqueFd parent_fd_;  // see parent_dir()
+  std::string parent_path_;
   std::string staging_dir_;
   std::string fset_;
   UniqueFd staging_;

@@ -30,6 +30,9 @@ namespace intersync {
 struct ContentSources {
   std::map<Hash, std::string> small;
   std::map<Hash, std::string> staged;  // content id -> file name in the staging directory
+  // Manifests of staged files computed as their bytes were written (see
+  // StagedDownload), so that they need not be read back.
+  std::map<Hash, Manifest> hashed;
   // A client's batch: `requested` are the contents asked of the server for
   // it. One that is in none of the sources and no longer here either (the
   // local copy it was to come from went away in this batch) is not
@@ -63,8 +66,11 @@ bool is_placeholder(int dirfd, const std::string& name);
 // network must be; UNLINK/RMDIR get `path` = dir/name.
 bool record_paths_ok(KmlRecord& r, std::string* why);
 
-// Names of temporary files in the staging directory.
+// Names of temporary files in the staging directory, and of its
+// subdirectories where RecordApplier::prestage writes (p0, p1, ...).
 std::string staging_name();
+inline constexpr const char* kStagingPrefix = "w-";
+inline constexpr const char* kPrestageDirPrefix = "p";
 
 class RecordApplier {
  public:
