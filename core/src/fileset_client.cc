@@ -669,7 +669,7 @@ bool FilesetClient::download_large(const Hash& id, uint64_t size) {
   large_[id] = LargeDownload{dl, size, false, std::nullopt};
   uint64_t gen = generation_;
   auto alive = std::weak_ptr<bool>(alive_);
-  dl->finished = [this, gen, alive, id, part, final_path](StagedDownload& d) {
+  dl->finished = [this, gen, alive, id, part, final_path, owed = size - have](StagedDownload& d) {
     if (alive.expired() || gen != generation_) return;
     auto it = large_.find(id);
     if (it == large_.end()) return;
@@ -686,6 +686,7 @@ bool FilesetClient::download_large(const Hash& id, uint64_t size) {
     if (d.http_status == 404) {
       // Not there right now (see fetch_done); the partial file is kept.
       large_.erase(it);
+      pending_bytes_ -= std::min(pending_bytes_, owed);
       if (awaited) {
         fetching_->staged.erase(id);
         ++fetching_->missing;
