@@ -352,9 +352,11 @@ int Izofs::journal_appearance(const Caller& c, const std::string& path, int dirf
 void Izofs::init(struct fuse_conn_info* conn) {
   // open(O_TRUNC) arrives as one OPEN and is journaled there.
   if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
-  // Read answers go from the backing file to /dev/fuse by splice.
+  // Read answers go from the backing file to /dev/fuse by splice; not with
+  // SPLICE_MOVE, which has the kernel try to steal each page from the
+  // backing file's page cache, fail while that file holds it and copy it
+  // after all.
   if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
-  if (conn->capable & FUSE_CAP_SPLICE_MOVE) conn->want |= FUSE_CAP_SPLICE_MOVE;
   // izofs writes as root, so the backing file system would leave set-user-id
   // bits on a file an ordinary user writes; the kernel clears them with a
   // SETATTR instead (journaled as any other).
@@ -856,7 +858,7 @@ void Izofs::answer_open(fuse_req_t req, UniqueFd fd, fuse_file_info fi, const Ca
 
 void Izofs::read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info* fi) {
   fuse_bufvec data = fd_bufvec(file_of(fi).fd(), size, off);
-  fuse_reply_data(req, &data, FUSE_BUF_SPLICE_MOVE);
+  fuse_reply_data(req, &data, static_cast<fuse_buf_copy_flags>(0));
 }
 
 void Izofs::note_write(OpenFile& file) {
