@@ -357,6 +357,12 @@ void Izofs::init(struct fuse_conn_info* conn) {
   // backing file's page cache, fail while that file holds it and copy it
   // after all.
   if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
+  // Written data goes from /dev/fuse to the backing file by splice too
+  // (SPLICE_READ, on by default), in requests that fit the pipe. Readahead
+  // asks for as much at a time; the kernel keeps the smaller of this and
+  // the mount's read_ahead_kb, which izofs.cc raises.
+  conn->max_write = kRequestBytes;
+  conn->max_readahead = kRequestBytes;
   // izofs writes as root, so the backing file system would leave set-user-id
   // bits on a file an ordinary user writes; the kernel clears them with a
   // SETATTR instead (journaled as any other).
