@@ -12,8 +12,9 @@
 //   mount -t fuse.izofs BACKING MOUNTPOINT -o fileset=FSET      (izofs on PATH)
 //
 // The file system itself is in izofs_fs.*; this file parses the command
-// line, prepares BACKING/.intermezzo/FSET/ as mkizofs does, and runs the
-// FUSE session until it is unmounted.
+// line, prepares BACKING/.intermezzo/FSET/ as mkizofs does, mounts (with
+// a wider readahead when root) and runs the FUSE session until it is
+// unmounted.
 #include <fmt/format.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
