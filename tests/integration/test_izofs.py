@@ -303,6 +303,46 @@ def test_open_trunc_and_one_close_per_written_handle(mount):
     assert mount.p("f").read_bytes() == b"Z"
 
 
+def test_large_files_cross_whole_in_both_directions(mount):
+    """Data travels in 512 KiB requests spliced to and from the backing
+    file: several of them, with an odd tail, arrive whole, a reader sees a
+    write through the mount at once, and one CLOSE tells the written size."""
+    data = os.urandom(5 * 2**20 + 123)
+    fd = os.open(mount.p("big.bin"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for off in range(0, len(data), 2**20):
+            assert os.write(fd, data[off:off + 2**20]) == len(data[off:off + 2**20])
+    finally:
+        os.close(fd)
+    assert (mount.backing / "big.bin").read_bytes() == data
+    r = mount.new_records()
+    assert ops(r) == ["CREATE", "CLOSE"] and r[1]["new"]["size"] == len(data)
+    assert r[1]["open_uid"] == os.getuid()
+
+    beside = os.urandom(3 * 2**20 + 4567)
+    (mount.backing / "beside.bin").write_bytes(beside)
+    with open(mount.p("beside.bin"), "rb", buffering=0) as f:
+        assert f.read() == beside  # sequential: readahead
+    with open(mount.p("big.bin"), "rb", buffering=0) as reader:
+        assert reader.read(len(data) + 1) == data
+        patch = os.urandom(700_000)
+        fd = os.open(mount.p("big.bin"), os.O_WRONLY)
+        try:
+            os.pwrite(fd, patch, 2**20 + 5)
+            assert os.pread(reader.fileno(), len(patch), 2**20 + 5) == patch
+        finally:
+            os.close(fd)
+    r = mount.new_records()
+    assert ops(r) == ["CLOSE"] and r[0]["new"]["size"] == len(data)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may set a mount's readahead")
+def test_root_mount_reads_ahead_512_kib(mount):
+    st = os.stat(mount.mnt)
+    bdi = Path(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb")
+    assert bdi.read_text().strip() == "512"
+
+
 def test_concurrent_writers_produce_whole_records(mount):
     def worker(n):
         for i in range(40):

@@ -12,8 +12,9 @@
 //   mount -t fuse.izofs BACKING MOUNTPOINT -o fileset=FSET      (izofs on PATH)
 //
 // The file system itself is in izofs_fs.*; this file parses the command
-// line, prepares BACKING/.intermezzo/FSET/ as mkizofs does, and runs the
-// FUSE session until it is unmounted.
+// line, prepares BACKING/.intermezzo/FSET/ as mkizofs does, mounts (with
+// a wider readahead when root) and runs the FUSE session until it is
+// unmounted.
 #include <fmt/format.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -25,6 +26,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
 
 #include "fileset_dir.h"
 #include "intersync/log.h"
@@ -88,6 +92,48 @@ void raise_open_file_limit() {
   if (geteuid() == 0 && nr_open > limit.rlim_max) limit.rlim_max = nr_open;
   limit.rlim_cur = limit.rlim_max;
   setrlimit(RLIMIT_NOFILE, &limit);
+}
+
+// A mount point as /proc/self/mountinfo writes it: a space, tab, newline
+// or backslash as \ooo.
+std::string unescape_mount_point(const std::string& field) {
+  std::string path;
+  for (size_t i = 0; i < field.size(); i++) {
+    if (field[i] == '\\' && field.size() - i > 3) {
+      path += static_cast<char>((field[i + 1] - '0') * 64 + (field[i + 2] - '0') * 8 +
+                                (field[i + 3] - '0'));
+      i += 3;
+    } else {
+      path += field[i];
+    }
+  }
+  return path;
+}
+
+// The kernel reads ahead 128 KiB at a time in a FUSE mount, and lowers
+// whatever izofs asks for at INIT to that. Root may raise it in sysfs,
+// under the mount's device number, before izofs answers INIT: then reads
+// come kRequestBytes at a time.
+void widen_readahead(const char* mountpoint) {
+  std::ifstream mountinfo("/proc/self/mountinfo");
+  std::string line, device;
+  while (std::getline(mountinfo, line)) {
+    // ID PARENT MAJOR:MINOR ROOT MOUNT_POINT ...; of several mounts on one
+    // point, the last is on top.
+    std::istringstream fields(line);
+    std::string id, parent, dev, root, point;
+    if (fields >> id >> parent >> dev >> root >> point &&
+        unescape_mount_point(point) == mountpoint) {
+      device = dev;
+    }
+  }
+  if (device.empty()) return;
+  std::ofstream setting("/sys/class/bdi/" + device + "/read_ahead_kb");
+  setting << izofs::kRequestBytes / 1024 << std::flush;
+  if (!setting) {
+    intersync::log_debug("izofs: readahead left at the kernel's default: {} not writable",
+                         "/sys/class/bdi/" + device + "/read_ahead_kb");
+  }
 }
 
 // Arguments for fuse_session_new: FUSE's own plus what izofs always wants.
@@ -155,6 +201,7 @@ int mount_and_serve(struct fuse_args* args, const fuse_cmdline_opts& opts, const
   int rc = 1;
   if (fuse_set_signal_handlers(se) == 0) {
     if (fuse_session_mount(se, opts.mountpoint) == 0) {
+      widen_readahead(opts.mountpoint);
       fuse_daemonize(opts.foreground);
       (*fs)->start(se);
       rc = run_session(se, opts) == 0 ? 0 : 1;

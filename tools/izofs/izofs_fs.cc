@@ -352,9 +352,17 @@ int Izofs::journal_appearance(const Caller& c, const std::string& path, int dirf
 void Izofs::init(struct fuse_conn_info* conn) {
   // open(O_TRUNC) arrives as one OPEN and is journaled there.
   if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
-  // Read answers go from the backing file to /dev/fuse by splice.
+  // Read answers go from the backing file to /dev/fuse by splice; not with
+  // SPLICE_MOVE, which has the kernel try to steal each page from the
+  // backing file's page cache, fail while that file holds it and copy it
+  // after all.
   if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
-  if (conn->capable & FUSE_CAP_SPLICE_MOVE) conn->want |= FUSE_CAP_SPLICE_MOVE;
+  // Written data goes from /dev/fuse to the backing file by splice too
+  // (SPLICE_READ, on by default), in requests that fit the pipe. Readahead
+  // asks for as much at a time; the kernel keeps the smaller of this and
+  // the mount's read_ahead_kb, which izofs.cc raises.
+  conn->max_write = kRequestBytes;
+  conn->max_readahead = kRequestBytes;
   // izofs writes as root, so the backing file system would leave set-user-id
   // bits on a file an ordinary user writes; the kernel clears them with a
   // SETATTR instead (journaled as any other).
@@ -856,7 +864,7 @@ void Izofs::answer_open(fuse_req_t req, UniqueFd fd, fuse_file_info fi, const Ca
 
 void Izofs::read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info* fi) {
   fuse_bufvec data = fd_bufvec(file_of(fi).fd(), size, off);
-  fuse_reply_data(req, &data, FUSE_BUF_SPLICE_MOVE);
+  fuse_reply_data(req, &data, static_cast<fuse_buf_copy_flags>(0));
 }
 
 void Izofs::note_write(OpenFile& file) {
