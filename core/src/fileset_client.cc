@@ -118,6 +118,7 @@ void run_apply_job(ApplyJob& job) {
   }
   if (b.local != FilesetClient::Batch::Local::None) return run_local_job(job, applier);
   applier.protect(job.protect);
+  if (job.protect) applier.keep_unknown_entries();  // write-back: users create files here too
   // What this batch is about to write, durable before the first file
   // moves: after a crash, content found here that the index does not know
   // yet is recognised as the server's (see ChangeTracker::on_unknown_content)

@@ -107,6 +107,7 @@ class RecordApplier::Impl {
 
   size_t skipped = 0;
   std::function<bool(const std::string&)> protect;
+  bool keep_unknown = false;  // see RecordApplier::keep_unknown_entries
   const std::string& staging_dir() const { return staging_dir_; }
 
   bool fail(std::string* err, const std::string& what, int e) {
@@ -239,8 +240,10 @@ class RecordApplier::Impl {
           if (symlinkat(r.target.c_str(), staging_.get(), tmp.c_str()) != 0) {
             return fail(err, root_.path() + "/" + r.path, errno);
           }
-          if (int e = move_into_place(tmp, *parent, name); e != 0) {
+          if (int e = move_into_place(tmp, *parent, name, nullptr, must_not_replace(r.path));
+              e != 0) {
             unlinkat(staging_.get(), tmp.c_str(), 0);
+            if (e == EEXIST) return skip(r, "created here meanwhile");
             if (e == EISDIR || e == ENOTEMPTY) return skip(r, "a directory is in the way");
             return fail(err, root_.path() + "/" + r.path, e);
           }
@@ -390,8 +393,9 @@ class RecordApplier::Impl {
       unlinkat(staging_.get(), tmp.c_str(), 0);
       return skip(r, "changed locally meanwhile");
     }
-    if (int e = move_into_place(tmp, dirfd, name, &installed); e != 0) {
+    if (int e = move_into_place(tmp, dirfd, name, &installed, must_not_replace(r.path)); e != 0) {
       unlinkat(staging_.get(), tmp.c_str(), 0);
+      if (e == EEXIST) return skip(r, "created here meanwhile");
       if (e == EISDIR || e == ENOTEMPTY) return skip(r, "a directory is in the way");
       return fail(err, root_.path() + "/" + r.path, e);
     }
@@ -628,9 +632,18 @@ class RecordApplier::Impl {
   // Moves staging/<tmp> to dirfd/<name>, copying it beside the target
   // first when they are on different file systems (then `*placed`, when
   // given, becomes the state of the copy).
+  // An entry the index does not know, where the applier keeps unknown
+  // entries: one a local user may be creating at this very moment.
+  bool must_not_replace(const std::string& path) const {
+    return keep_unknown && !index_.find(path);
+  }
+
+  // Renames staging/<tmp> to dirfd/<name>; with `noreplace`, EEXIST when
+  // an entry has that name (it appeared since the applier looked).
   int move_into_place(const std::string& tmp, int dirfd, const std::string& name,
-                      struct stat* placed = nullptr) {
-    if (renameat(staging_.get(), tmp.c_str(), dirfd, name.c_str()) == 0) return 0;
+                      struct stat* placed = nullptr, bool noreplace = false) {
+    unsigned flags = noreplace ? RENAME_NOREPLACE : 0;
+    if (renameat2(staging_.get(), tmp.c_str(), dirfd, name.c_str(), flags) == 0) return 0;
     if (errno != EXDEV) return errno;
     std::string sibling = sibling_temp_name(name);
     int in = openat(staging_.get(), tmp.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -653,7 +666,7 @@ class RecordApplier::Impl {
     ::close(in);
     if (out >= 0) ::close(out);
     unlinkat(staging_.get(), tmp.c_str(), 0);
-    if (rc == 0 && renameat(dirfd, sibling.c_str(), dirfd, name.c_str()) != 0) rc = errno;
+    if (rc == 0 && renameat2(dirfd, sibling.c_str(), dirfd, name.c_str(), flags) != 0) rc = errno;
     if (rc != 0) unlinkat(dirfd, sibling.c_str(), 0);
     return rc;
   }
@@ -719,6 +732,9 @@ Status RecordApplier::open() {
 bool RecordApplier::apply(std::vector<KmlRecord>& recs, size_t i, ContentSources& sources,
                           std::string* err) {
   return impl_->apply(recs, i, sources, err);
+}
+void RecordApplier::keep_unknown_entries() {
+  impl_->keep_unknown = true;
 }
 void RecordApplier::prestage(const std::vector<KmlRecord>& recs, ContentSources& sources,
                              unsigned threads) {

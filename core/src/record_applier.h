@@ -97,6 +97,10 @@ class RecordApplier {
   // Paths the applier must leave alone (a client's changes not yet
   // reintegrated); also makes it keep files changed locally meanwhile.
   void protect(std::function<bool(const std::string&)> predicate);
+  // Never replaces a file or link the index does not know: a local user
+  // may have just created it (renameat2 RENAME_NOREPLACE closes the gap
+  // between looking and renaming). Such a record is skipped.
+  void keep_unknown_entries();
   const std::string& staging_dir() const;
 
  private:

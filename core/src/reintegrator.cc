@@ -136,6 +136,9 @@ bool Reintegrator::apply_record(KmlRecord r, std::string* why) {
     *why = s.error().message;
     return false;
   }
+  // A file a user here creates while a client's record is applied is
+  // never replaced: it is journaled and judged (see content()).
+  applier.keep_unknown_entries();
   ContentSources sources;
   if (r.opcode == KmlOp::Content && have_upload(r.hash)) {
     sources.staged[r.hash] = "up-" + hash_hex(r.hash);
@@ -307,7 +310,7 @@ Reintegrator::Outcome Reintegrator::simple(KmlRecord& r) {
 }
 
 Reintegrator::Outcome Reintegrator::content(KmlRecord& r, const std::string& client,
-                                            const std::string& host) {
+                                            const std::string& host, bool again) {
   const FileState* cur = index_.find(r.path);
   uint32_t base = r.prevrec;
   if (cur && cur->type == FileType::File && cur->content_id == r.hash) {
@@ -326,7 +329,15 @@ Reintegrator::Outcome Reintegrator::content(KmlRecord& r, const std::string& cli
     bool created = !cur;
     bool restored = !cur && base != 0 && !successor(r.path, client, base);
     std::string why;
-    if (!apply_record(r, &why)) return {"superseded", 0, why, ""};
+    if (!apply_record(r, &why)) {
+      if (!cur && !again) {
+        // A user here created the file since reconcile_now() looked: it
+        // is journaled now, and both versions are judged again.
+        tracker_.reconcile_now(r.path);
+        if (index_.find(r.path)) return content(r, client, host, true);
+      }
+      return {"superseded", 0, why, ""};
+    }
     uint32_t version = journal_state(r.path, created);
     produced(r.path, client, base, version);
     if (restored) {

@@ -60,7 +60,10 @@ class Reintegrator {
   };
   Outcome apply_one(std::vector<KmlRecord>& recs, size_t i, const std::string& client,
                     const std::string& host);
-  Outcome content(KmlRecord& r, const std::string& client, const std::string& host);
+  // `again`: judged a second time, the path having been created here
+  // while the first attempt applied it.
+  Outcome content(KmlRecord& r, const std::string& client, const std::string& host,
+                  bool again = false);
   Outcome symlink(KmlRecord& r, const std::string& client, const std::string& host);
   Outcome unlink(KmlRecord& r, const std::string& client);
   Outcome rmdir(KmlRecord& r, const std::string& client);
