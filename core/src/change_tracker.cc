@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "intersync/log.h"
+#include "journal_adoption.h"
 
 namespace intersync {
 namespace {
@@ -20,31 +21,9 @@ constexpr uint64_t kSliceMs = 20;
 int64_t mtime_ns(const struct stat& st) {
   return int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
 }
-int64_t ctime_ns(const struct stat& st) {
-  return int64_t(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
-}
 
 bool supported(const struct stat& st) {
   return S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) || S_ISLNK(st.st_mode);
-}
-
-FileType type_of(const struct stat& st) {
-  if (S_ISDIR(st.st_mode)) return FileType::Dir;
-  if (S_ISLNK(st.st_mode)) return FileType::Symlink;
-  return FileType::File;
-}
-
-FileState state_of(const struct stat& st) {
-  FileState fs;
-  fs.type = type_of(st);
-  fs.mode = st.st_mode & 07777;
-  fs.uid = st.st_uid;
-  fs.gid = st.st_gid;
-  fs.size = S_ISDIR(st.st_mode) ? 0 : static_cast<uint64_t>(st.st_size);
-  fs.mtime_ns = mtime_ns(st);
-  fs.ctime_ns = ctime_ns(st);
-  fs.ino = st.st_ino;
-  return fs;
 }
 
 uint64_t now_ms(uv_loop_t* loop) {
@@ -236,14 +215,12 @@ void ChangeTracker::run_slice() {
 void ChangeTracker::commit() {
   if (!dirty_) return;
   dirty_ = false;
-  if (Status s = journal_.sync(); !s) {
+  if (Status s = commit_journal_and_index(journal_, index_); !s) {
     last_error_ = s.error().message;
     log_error("fileset '{}': {}", options_.name, last_error_);
-    return;
-  }
-  if (Status s = index_.commit(); !s) {
-    last_error_ = s.error().message;
-    log_error("fileset '{}': {}", options_.name, last_error_);
+    // Records that are not durable are not announced; an index that failed
+    // to commit is retried with the next commit.
+    if (!journal_.all_durable()) return;
   }
   if (committed_) committed_();
   notify_durable();

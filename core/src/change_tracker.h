@@ -9,7 +9,8 @@
 //
 // Work is a FIFO of items processed on the loop in bounded slices; hashing
 // of large files goes to the thread pool. Records of one slice are made
-// durable together (one fdatasync) before they are announced.
+// durable together (one fdatasync) before they are announced, and the index
+// commits with them the journal head it now reflects (journal_adoption.h).
 #pragma once
 
 #include <sys/stat.h>

@@ -13,6 +13,7 @@
 #include "intersync/log.h"
 #include "intersync/uv_timer.h"
 #include "intersync_build_config.h"
+#include "journal_adoption.h"
 #include "json_text.h"
 #include "protocol.h"
 
@@ -85,24 +86,13 @@ Status FilesetServer::start(std::unique_ptr<Backend> backend) {
   ignore_.load_file(config_.path);
   if (Status s = journal_.open(dir_.kml); !s) return s;
   if (Status s = index_.open(state_dir_ + "/" + config_.name + ".db"); !s) return s;
-  // An index written for another journal (the fileset was re-created) would
-  // suppress records the new journal needs: start it afresh.
-  if (index_.meta("uuid").value_or(dir_.uuid) != dir_.uuid ||
-      std::stoul(index_.meta("journal_head").value_or("0")) > journal_.head()) {
-    log_warn("fileset '{}': index does not belong to this journal; rebuilding it", config_.name);
-    for (const auto& p : index_.paths_under("")) index_.erase(p);
-    index_.erase("");
-  }
-  index_.set_meta("uuid", dir_.uuid);
+  if (Status s = catch_up_index(); !s) return s;
   tracker_ = std::make_unique<ChangeTracker>(
       loop_, ChangeTracker::Options{config_.name}, root_, index_, journal_,
       [this](std::string_view p, bool d) { return ignored(p, d); });
   reintegrator_ = std::make_unique<Reintegrator>(config_, root_, index_, journal_, *tracker_, dir_);
   reintegrator_->load_conflicts();
-  tracker_->on_committed([this] {
-    index_.set_meta("journal_head", std::to_string(journal_.head()));
-    wake_waiters();
-  });
+  tracker_->on_committed([this] { wake_waiters(); });
   backend_ = std::move(backend);
   if (Status s = backend_->start(loop_, config_.path, this); !s) return s;
   if (!backend_->replays_changes())
@@ -110,6 +100,33 @@ Status FilesetServer::start(std::unique_ptr<Backend> backend) {
   log_info("fileset '{}' serving {} (uuid {}, journal head {})", config_.name, config_.path,
            dir_.uuid, journal_.head());
   return {};
+}
+
+Status FilesetServer::catch_up_index() {
+  auto indexed = index_.meta(kJournalHeadKey);
+  // An index written for another journal (the fileset was re-created) would
+  // suppress records the new journal needs: start it afresh.
+  if (index_.meta("uuid").value_or(dir_.uuid) != dir_.uuid ||
+      std::stoul(indexed.value_or("0")) > journal_.head()) {
+    log_warn("fileset '{}': index does not belong to this journal; rebuilding it", config_.name);
+    for (const auto& p : index_.paths_under("")) index_.erase(p);
+    index_.erase("");
+    indexed.reset();
+  }
+  index_.set_meta("uuid", dir_.uuid);
+  // Without a journal head the index is new (or was just emptied): it
+  // describes no record, and the start-up comparison journals the tree.
+  if (indexed && std::stoul(*indexed) < journal_.head()) {
+    uint32_t from = static_cast<uint32_t>(std::stoul(*indexed));
+    auto records = journal_.records_after(from);
+    if (!records) return records.error();
+    AdoptionReport r = adopt_journal_tail(root_, index_, *records);
+    log_warn(
+        "fileset '{}': records {} to {} were journaled but the daemon stopped before indexing "
+        "them; indexed them now ({} adopted, {} did not fit, {} files changed since)",
+        config_.name, from + 1, journal_.head(), r.adopted, r.skipped, r.unverified);
+  }
+  return commit_journal_and_index(journal_, index_);
 }
 
 void FilesetServer::stop() {
@@ -122,7 +139,9 @@ void FilesetServer::stop() {
   waiters_.clear();
   reintegrator_.reset();
   tracker_.reset();
-  (void)index_.commit();
+  if (Status s = commit_journal_and_index(journal_, index_); !s) {
+    log_error("fileset '{}': {}", config_.name, s.error().message);
+  }
 }
 
 void FilesetServer::on_changes(std::vector<ChangeEvent>&& events) {

@@ -31,8 +31,8 @@ class FilesetServer : public BackendHost {
   FilesetServer(uv_loop_t* loop, FilesetConfig config, std::string state_dir);
   ~FilesetServer() override;
 
-  // Opens the journal and index, rescans the tree against the index and
-  // starts the backend.
+  // Opens the journal and index, indexes the records a crash left out of the
+  // index, rescans the tree against the index and starts the backend.
   Status start(std::unique_ptr<Backend> backend);
   void stop();
 
@@ -54,6 +54,9 @@ class FilesetServer : public BackendHost {
 
  private:
   struct Waiter;
+  // Makes the index describe the journal up to its last record: adopts the
+  // records a crash left unindexed, or starts a foreign index afresh.
+  Status catch_up_index();
   void serve_info(std::shared_ptr<ResponseWriter> w);
   void serve_kml(const ParsedTarget& t, std::shared_ptr<ResponseWriter> w);
   void answer_kml(uint32_t since, std::shared_ptr<ResponseWriter> w);

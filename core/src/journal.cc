@@ -74,4 +74,21 @@ Result<std::string> Journal::read_after(uint32_t since, uint64_t max_bytes, uint
   return out;
 }
 
+Result<std::vector<KmlRecord>> Journal::records_after(uint32_t since) const {
+  std::vector<KmlRecord> records;
+  while (since < durable_head_) {
+    uint32_t last = since;
+    auto bytes = read_after(since, 1 << 20, &last);
+    if (!bytes) return bytes.error();
+    KmlScan scan = kml_scan(*bytes);
+    if (!scan.problems.empty()) {
+      return make_error(-EBADMSG, "journal " + path_ + ": after record " + std::to_string(since) +
+                                      ": " + scan.problems.front().reason);
+    }
+    for (auto& e : scan.entries) records.push_back(std::move(e.record));
+    since = last;
+  }
+  return records;
+}
+
 }  // namespace intersync
