@@ -90,6 +90,7 @@ void ChangeTracker::push(Item item, bool front) {
   if (item.kind == Item::Kind::Reconcile) {
     if (!queued_.insert(item.path).second) return;
   }
+  if (item.kind == Item::Kind::Rename) rename_targets_.insert(item.to);
   if (front) {
     queue_.push_front(std::move(item));
   } else {
@@ -200,6 +201,7 @@ void ChangeTracker::run_slice() {
     Item item = std::move(queue_.front());
     queue_.pop_front();
     if (item.kind == Item::Kind::Reconcile) queued_.erase(item.path);
+    if (item.kind == Item::Kind::Rename) rename_targets_.erase(rename_targets_.find(item.to));
     process(item);
     if (++n % 64 == 0) {
       uv_update_time(loop_);
@@ -284,6 +286,9 @@ void ChangeTracker::reconcile(const std::string& path) {
     idx = nullptr;
   }
   if (!idx) {
+    // Moved here from a known name (into a directory listed before the
+    // rename was seen): the queued rename journals it as a RENAME.
+    if (rename_targets_.count(path)) return;
     journal_new(path, st);
     return;
   }

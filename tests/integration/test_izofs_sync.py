@@ -147,9 +147,7 @@ def test_server_on_izofs_replicates_every_change_without_rescanning(env):
     journal = fset_dir(m) / "sync.kml"
     seen = len(kml_records(journal))
 
-    # Live changes, all through the mount. (What moves into a directory
-    # moves into one the server already knows: core lists a new directory
-    # when it first sees it, which may be after later changes made in it.)
+    # Live changes, all through the mount.
     write_file(m.mnt / "live" / "new.txt", b"new file\n")
     os.makedirs(m.mnt / "live" / "newdir" / "deeper")
     write_file(m.mnt / "live" / "newdir" / "deeper" / "f", b"deep\n")
@@ -210,6 +208,35 @@ def test_server_on_izofs_replicates_every_change_without_rescanning(env):
     assert FULL_RESCAN not in log, log[-3000:]
     assert "from its first record" in log
     assert server.fileset(FSET)["last_error"] == ""
+
+
+def test_a_move_into_a_new_directory_is_journaled_as_the_move(env):
+    m = env.mount("server")
+    make_initial_tree(m.mnt)
+    cluster = env.cluster
+    server = env.server_on(m)
+    client = cluster.add_client()
+    converge(cluster, client)
+    journal = fset_dir(m) / "sync.kml"
+    seen = len(kml_records(journal))
+
+    # While the server is stopped, so that when it replays izofs's log it
+    # lists each new directory with what was moved into it already there.
+    server.stop()
+    os.mkdir(m.mnt / "new-dir")
+    os.rename(m.mnt / "docs" / "a.txt", m.mnt / "new-dir" / "a.txt")
+    os.mkdir(m.mnt / "new-parent")
+    os.rename(m.mnt / "tree", m.mnt / "new-parent" / "tree")
+    server = cluster.start_server(backend="kml")
+    converge(cluster, client)
+
+    fresh = kml_records(journal)[seen:]
+    said = [(r["op"], r.get("path") or (r.get("src"), r.get("tgt"))) for r in fresh]
+    assert said == [("MKDIR", "new-dir"), ("RENAME", ("docs/a.txt", "new-dir/a.txt")),
+                    ("MKDIR", "new-parent"), ("RENAME", ("tree", "new-parent/tree"))], said
+    assert (client.root / "new-dir" / "a.txt").read_bytes() == b"alpha\n"
+    assert (client.root / "new-parent" / "tree" / "sub" / "s.txt").read_bytes() == b"in sub\n"
+    assert not (client.root / "docs" / "a.txt").exists() and not (client.root / "tree").exists()
 
 
 def test_server_killed_while_users_write_resumes_from_its_saved_position(env):
