@@ -26,6 +26,30 @@ bool supported(const struct stat& st) {
   return S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) || S_ISLNK(st.st_mode);
 }
 
+// A SETATTR saying that the attributes `valid` names are now those of `st`,
+// for an entry the index knew as `before`. Mode and owner are always
+// filled in (readers go by `valid`); times when the modification time is
+// among them.
+KmlRecord setattr_record(const std::string& path, const struct stat& st, const FileState& before,
+                         uint32_t valid) {
+  KmlRecord r;
+  r.opcode = KmlOp::Setattr;
+  r.path = path;
+  r.valid = valid;
+  r.mode = st.st_mode;
+  r.uid = st.st_uid;
+  r.gid = st.st_gid;
+  if (valid & kAttrMtime) {
+    r.mtime_sec = static_cast<uint32_t>(st.st_mtim.tv_sec);
+    r.mtime_nsec = static_cast<uint32_t>(st.st_mtim.tv_nsec);
+    r.ctime_sec = static_cast<uint32_t>(st.st_ctim.tv_sec);
+    r.ctime_nsec = static_cast<uint32_t>(st.st_ctim.tv_nsec);
+  }
+  r.v_obj_old = version_of(before);
+  r.rollback = {before.mode, 0, before.uid, before.gid};
+  return r;
+}
+
 uint64_t now_ms(uv_loop_t* loop) {
   return uv_now(loop);
 }
@@ -305,13 +329,7 @@ void ChangeTracker::reconcile(const std::string& path) {
         }
       }
       if ((st.st_mode & 07777) != idx->mode && idx->type == FileType::Dir) {
-        KmlRecord r;
-        r.opcode = KmlOp::Setattr;
-        r.path = path;
-        r.valid = kAttrMode;
-        r.mode = st.st_mode;
-        r.v_obj_old = version_of(*idx);
-        r.rollback = {idx->mode, 0, idx->uid, idx->gid};
+        KmlRecord r = setattr_record(path, st, *idx, kAttrMode);
         if (!append(r)) return;
         cur.version = version_after(r, cur.version);
       }
@@ -328,15 +346,7 @@ void ChangeTracker::reconcile(const std::string& path) {
         return;
       }
       if (disk.mode != idx->mode || disk.uid != idx->uid || disk.gid != idx->gid) {
-        KmlRecord r;
-        r.opcode = KmlOp::Setattr;
-        r.path = path;
-        r.valid = kAttrMode | kAttrUid | kAttrGid;
-        r.mode = st.st_mode;
-        r.uid = st.st_uid;
-        r.gid = st.st_gid;
-        r.v_obj_old = version_of(*idx);
-        r.rollback = {idx->mode, 0, idx->uid, idx->gid};
+        KmlRecord r = setattr_record(path, st, *idx, kAttrMode | kAttrUid | kAttrGid);
         if (!append(r)) return;
         cur.version = version_after(r, cur.version);
       }
@@ -607,19 +617,7 @@ void ChangeTracker::finish_hash(std::unique_ptr<HashResult> r) {
   if (!r->created && idx && idx->type == FileType::File && idx->content_id == m.content_id) {
     // Same bytes (touched, or rewritten identically): only attributes moved.
     if (fs.mtime_ns != idx->mtime_ns || fs.mode != idx->mode) {
-      KmlRecord s;
-      s.opcode = KmlOp::Setattr;
-      s.path = path;
-      s.valid = kAttrMode | kAttrMtime;
-      s.mode = st.st_mode;
-      s.uid = st.st_uid;
-      s.gid = st.st_gid;
-      s.mtime_sec = static_cast<uint32_t>(st.st_mtim.tv_sec);
-      s.mtime_nsec = static_cast<uint32_t>(st.st_mtim.tv_nsec);
-      s.ctime_sec = static_cast<uint32_t>(st.st_ctim.tv_sec);
-      s.ctime_nsec = static_cast<uint32_t>(st.st_ctim.tv_nsec);
-      s.v_obj_old = version_of(*idx);
-      s.rollback = {idx->mode, 0, idx->uid, idx->gid};
+      KmlRecord s = setattr_record(path, st, *idx, kAttrMode | kAttrMtime);
       if (!append(s)) return;
       fs.version = version_after(s, idx->version);
     } else {
