@@ -16,9 +16,13 @@
 #include "journal_adoption.h"
 #include "json_text.h"
 #include "protocol.h"
+#include "upload_staging.h"
 
 namespace intersync {
 namespace {
+
+// How often abandoned uploads are looked for, besides at start-up.
+constexpr uint64_t kUploadSweepMs = 3600 * 1000;
 
 std::optional<uint64_t> parse_u64(std::string_view s) {
   uint64_t v = 0;
@@ -70,7 +74,10 @@ struct FilesetServer::Waiter {
 };
 
 FilesetServer::FilesetServer(uv_loop_t* loop, FilesetConfig config, std::string state_dir)
-    : loop_(loop), config_(std::move(config)), state_dir_(std::move(state_dir)) {}
+    : loop_(loop),
+      config_(std::move(config)),
+      state_dir_(std::move(state_dir)),
+      upload_sweep_timer_(loop) {}
 
 FilesetServer::~FilesetServer() {
   *alive_ = false;
@@ -93,6 +100,8 @@ Status FilesetServer::start(std::unique_ptr<Backend> backend) {
   reintegrator_ = std::make_unique<Reintegrator>(config_, root_, index_, journal_, *tracker_, dir_);
   reintegrator_->load_conflicts();
   tracker_->on_committed([this] { wake_waiters(); });
+  upload_sweep_timer_.start(
+      0, [this] { remove_abandoned_uploads(); }, kUploadSweepMs);
   backend_ = std::move(backend);
   if (Status s = backend_->start(loop_, config_.path, this); !s) return s;
   if (!backend_->replays_changes())
@@ -129,7 +138,37 @@ Status FilesetServer::catch_up_index() {
   return commit_journal_and_index(journal_, index_);
 }
 
+void FilesetServer::remove_abandoned_uploads() {
+  struct Sweep {
+    uv_work_t work{};
+    std::string tmp, fileset;
+    Result<RemovedUploads> removed = RemovedUploads{};
+  };
+  auto* sweep = new Sweep{{}, dir_.tmp, config_.name};
+  sweep->work.data = sweep;
+  uv_queue_work(
+      loop_, &sweep->work,
+      [](uv_work_t* w) {
+        auto* sw = static_cast<Sweep*>(w->data);
+        sw->removed = intersync::remove_abandoned_uploads(sw->tmp, kAbandonedUploadAge);
+      },
+      [](uv_work_t* w, int) {
+        std::unique_ptr<Sweep> sw(static_cast<Sweep*>(w->data));
+        if (!sw->removed) {
+          log_warn("fileset '{}': looking for abandoned uploads: {}", sw->fileset,
+                   sw->removed.error().message);
+        } else if (sw->removed->files > 0) {
+          log_info(
+              "fileset '{}': removed {} abandoned uploads ({} bytes, untouched for {} h) "
+              "from {}",
+              sw->fileset, sw->removed->files, sw->removed->bytes, kAbandonedUploadAge.count(),
+              sw->tmp);
+        }
+      });
+}
+
 void FilesetServer::stop() {
+  upload_sweep_timer_.stop();
   if (backend_) backend_->stop();
   backend_.reset();
   for (auto& w : waiters_) {
@@ -450,6 +489,9 @@ void FilesetServer::serve_upload(const std::string& hex, const ParsedTarget& t,
   struct stat st;
   uint64_t have = 0;
   if (::stat(done.c_str(), &st) == 0) {
+    // The client is about to reintegrate the record that uses it: fresh
+    // again, it is not abandoned.
+    utimensat(AT_FDCWD, done.c_str(), nullptr, 0);
     HttpHeaders h;
     h.set("X-Intersync-Offset", std::to_string(st.st_size));
     return respond(*w, 200, "complete\n", "text/plain", std::move(h));
