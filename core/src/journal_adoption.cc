@@ -57,6 +57,7 @@ bool adopt_record(FileIndex& index, const KmlRecord& r) {
     }
     case KmlOp::Unlink:
     case KmlOp::Rmdir:
+      if (r.name.empty()) return false;  // the root is never removed
       erase_tree(index, join_rel(r.dir, r.name));
       return true;
     case KmlOp::Rename: {
