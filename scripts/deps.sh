@@ -12,7 +12,7 @@ packages=(
   libuv1-dev node-llhttp libyaml-cpp-dev uuid-dev libsqlite3-dev libssl-dev
   nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev
   # tests
-  catch2 python3 python3-pytest iproute2 procps openssl
+  catch2 python3 python3-pytest iproute2 procps openssl strace
   # sanitizer runtime and fuzzing
   clang libclang-rt-14-dev llvm
   # peers the tests and the benchmark start for real

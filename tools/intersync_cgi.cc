@@ -123,20 +123,7 @@ bool is_token(std::string_view s) {
 // control character, 8-bit bytes); those are encoded so that the request
 // to the daemon stays one well-formed line and means the same.
 std::string sanitize_query(std::string_view q) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(q.size());
-  for (char c : q) {
-    auto u = static_cast<unsigned char>(c);
-    if (u <= 0x20 || u >= 0x7f || c == '#') {
-      out.push_back('%');
-      out.push_back(kHex[u >> 4]);
-      out.push_back(kHex[u & 0xf]);
-    } else {
-      out.push_back(c);
-    }
-  }
-  return out;
+  return percent_encode(q, [](unsigned char c) { return c > 0x20 && c < 0x7f && c != '#'; });
 }
 
 void set_timeout(int fd, int option, int seconds) {

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "intersync/log.h"
+#include "journal_adoption.h"
 
 namespace intersync {
 namespace {
@@ -20,31 +21,33 @@ constexpr uint64_t kSliceMs = 20;
 int64_t mtime_ns(const struct stat& st) {
   return int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
 }
-int64_t ctime_ns(const struct stat& st) {
-  return int64_t(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
-}
 
 bool supported(const struct stat& st) {
   return S_ISREG(st.st_mode) || S_ISDIR(st.st_mode) || S_ISLNK(st.st_mode);
 }
 
-FileType type_of(const struct stat& st) {
-  if (S_ISDIR(st.st_mode)) return FileType::Dir;
-  if (S_ISLNK(st.st_mode)) return FileType::Symlink;
-  return FileType::File;
-}
-
-FileState state_of(const struct stat& st) {
-  FileState fs;
-  fs.type = type_of(st);
-  fs.mode = st.st_mode & 07777;
-  fs.uid = st.st_uid;
-  fs.gid = st.st_gid;
-  fs.size = S_ISDIR(st.st_mode) ? 0 : static_cast<uint64_t>(st.st_size);
-  fs.mtime_ns = mtime_ns(st);
-  fs.ctime_ns = ctime_ns(st);
-  fs.ino = st.st_ino;
-  return fs;
+// A SETATTR saying that the attributes `valid` names are now those of `st`,
+// for an entry the index knew as `before`. Mode and owner are always
+// filled in (readers go by `valid`); times when the modification time is
+// among them.
+KmlRecord setattr_record(const std::string& path, const struct stat& st, const FileState& before,
+                         uint32_t valid) {
+  KmlRecord r;
+  r.opcode = KmlOp::Setattr;
+  r.path = path;
+  r.valid = valid;
+  r.mode = st.st_mode;
+  r.uid = st.st_uid;
+  r.gid = st.st_gid;
+  if (valid & kAttrMtime) {
+    r.mtime_sec = static_cast<uint32_t>(st.st_mtim.tv_sec);
+    r.mtime_nsec = static_cast<uint32_t>(st.st_mtim.tv_nsec);
+    r.ctime_sec = static_cast<uint32_t>(st.st_ctim.tv_sec);
+    r.ctime_nsec = static_cast<uint32_t>(st.st_ctim.tv_nsec);
+  }
+  r.v_obj_old = version_of(before);
+  r.rollback = {before.mode, 0, before.uid, before.gid};
+  return r;
 }
 
 uint64_t now_ms(uv_loop_t* loop) {
@@ -111,6 +114,7 @@ void ChangeTracker::push(Item item, bool front) {
   if (item.kind == Item::Kind::Reconcile) {
     if (!queued_.insert(item.path).second) return;
   }
+  if (item.kind == Item::Kind::Rename) rename_targets_.insert(item.to);
   if (front) {
     queue_.push_front(std::move(item));
   } else {
@@ -221,6 +225,7 @@ void ChangeTracker::run_slice() {
     Item item = std::move(queue_.front());
     queue_.pop_front();
     if (item.kind == Item::Kind::Reconcile) queued_.erase(item.path);
+    if (item.kind == Item::Kind::Rename) rename_targets_.erase(rename_targets_.find(item.to));
     process(item);
     if (++n % 64 == 0) {
       uv_update_time(loop_);
@@ -236,14 +241,12 @@ void ChangeTracker::run_slice() {
 void ChangeTracker::commit() {
   if (!dirty_) return;
   dirty_ = false;
-  if (Status s = journal_.sync(); !s) {
+  if (Status s = commit_journal_and_index(journal_, index_); !s) {
     last_error_ = s.error().message;
     log_error("fileset '{}': {}", options_.name, last_error_);
-    return;
-  }
-  if (Status s = index_.commit(); !s) {
-    last_error_ = s.error().message;
-    log_error("fileset '{}': {}", options_.name, last_error_);
+    // Records that are not durable are not announced; an index that failed
+    // to commit is retried with the next commit.
+    if (!journal_.all_durable()) return;
   }
   if (committed_) committed_();
   notify_durable();
@@ -307,6 +310,9 @@ void ChangeTracker::reconcile(const std::string& path) {
     idx = nullptr;
   }
   if (!idx) {
+    // Moved here from a known name (into a directory listed before the
+    // rename was seen): the queued rename journals it as a RENAME.
+    if (rename_targets_.count(path)) return;
     journal_new(path, st);
     return;
   }
@@ -323,13 +329,7 @@ void ChangeTracker::reconcile(const std::string& path) {
         }
       }
       if ((st.st_mode & 07777) != idx->mode && idx->type == FileType::Dir) {
-        KmlRecord r;
-        r.opcode = KmlOp::Setattr;
-        r.path = path;
-        r.valid = kAttrMode;
-        r.mode = st.st_mode;
-        r.v_obj_old = version_of(*idx);
-        r.rollback = {idx->mode, 0, idx->uid, idx->gid};
+        KmlRecord r = setattr_record(path, st, *idx, kAttrMode);
         if (!append(r)) return;
         cur.version = version_after(r, cur.version);
       }
@@ -346,15 +346,7 @@ void ChangeTracker::reconcile(const std::string& path) {
         return;
       }
       if (disk.mode != idx->mode || disk.uid != idx->uid || disk.gid != idx->gid) {
-        KmlRecord r;
-        r.opcode = KmlOp::Setattr;
-        r.path = path;
-        r.valid = kAttrMode | kAttrUid | kAttrGid;
-        r.mode = st.st_mode;
-        r.uid = st.st_uid;
-        r.gid = st.st_gid;
-        r.v_obj_old = version_of(*idx);
-        r.rollback = {idx->mode, 0, idx->uid, idx->gid};
+        KmlRecord r = setattr_record(path, st, *idx, kAttrMode | kAttrUid | kAttrGid);
         if (!append(r)) return;
         cur.version = version_after(r, cur.version);
       }
@@ -625,19 +617,7 @@ void ChangeTracker::finish_hash(std::unique_ptr<HashResult> r) {
   if (!r->created && idx && idx->type == FileType::File && idx->content_id == m.content_id) {
     // Same bytes (touched, or rewritten identically): only attributes moved.
     if (fs.mtime_ns != idx->mtime_ns || fs.mode != idx->mode) {
-      KmlRecord s;
-      s.opcode = KmlOp::Setattr;
-      s.path = path;
-      s.valid = kAttrMode | kAttrMtime;
-      s.mode = st.st_mode;
-      s.uid = st.st_uid;
-      s.gid = st.st_gid;
-      s.mtime_sec = static_cast<uint32_t>(st.st_mtim.tv_sec);
-      s.mtime_nsec = static_cast<uint32_t>(st.st_mtim.tv_nsec);
-      s.ctime_sec = static_cast<uint32_t>(st.st_ctim.tv_sec);
-      s.ctime_nsec = static_cast<uint32_t>(st.st_ctim.tv_nsec);
-      s.v_obj_old = version_of(*idx);
-      s.rollback = {idx->mode, 0, idx->uid, idx->gid};
+      KmlRecord s = setattr_record(path, st, *idx, kAttrMode | kAttrMtime);
       if (!append(s)) return;
       fs.version = version_after(s, idx->version);
     } else {

@@ -9,7 +9,8 @@
 //
 // Work is a FIFO of items processed on the loop in bounded slices; hashing
 // of large files goes to the thread pool. Records of one slice are made
-// durable together (one fdatasync) before they are announced.
+// durable together (one fdatasync) before they are announced, and the index
+// commits with them the journal head it now reflects (journal_adoption.h).
 #pragma once
 
 #include <sys/stat.h>
@@ -118,8 +119,9 @@ class ChangeTracker {
   std::function<std::optional<uint32_t>(const std::string&, const Hash&)> server_content_;
 
   std::deque<Item> queue_;
-  std::set<std::string> queued_;              // paths with a Reconcile item in queue_
-  std::map<std::string, uint64_t> deferred_;  // path -> due time (ms), Modified files
+  std::set<std::string> queued_;               // paths with a Reconcile item in queue_
+  std::multiset<std::string> rename_targets_;  // `to` of the Rename items in queue_
+  std::map<std::string, uint64_t> deferred_;   // path -> due time (ms), Modified files
   UvTimer slice_timer_;
   UvTimer deferred_timer_;
   bool hashing_ = false;

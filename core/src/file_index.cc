@@ -1,6 +1,8 @@
 // In-memory index with SQLite persistence; see file_index.h.
 #include "file_index.h"
 
+#include <sys/stat.h>
+
 #include <cstring>
 
 #include "path_util.h"
@@ -14,6 +16,25 @@ struct Stmt {
 };
 
 }  // namespace
+
+FileType type_of(const struct stat& st) {
+  if (S_ISDIR(st.st_mode)) return FileType::Dir;
+  if (S_ISLNK(st.st_mode)) return FileType::Symlink;
+  return FileType::File;
+}
+
+FileState state_of(const struct stat& st) {
+  FileState fs;
+  fs.type = type_of(st);
+  fs.mode = st.st_mode & 07777;
+  fs.uid = st.st_uid;
+  fs.gid = st.st_gid;
+  fs.size = S_ISDIR(st.st_mode) ? 0 : static_cast<uint64_t>(st.st_size);
+  fs.mtime_ns = int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  fs.ctime_ns = int64_t(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
+  fs.ino = st.st_ino;
+  return fs;
+}
 
 FileIndex::~FileIndex() {
   close();

@@ -24,6 +24,8 @@
 #include "intersync/kml.h"
 #include "intersync/result.h"
 
+struct stat;
+
 namespace intersync {
 
 enum class FileType : uint8_t { File = 1, Dir = 2, Symlink = 3 };
@@ -42,6 +44,10 @@ struct FileState {
   std::string target;    // symlink target
   uint32_t version = 0;  // record number that last changed it
 };
+
+// The type and attributes stat(2) reports (no content id, no version).
+FileType type_of(const struct stat& st);
+FileState state_of(const struct stat& st);
 
 // The KML "V" (times and size) of an indexed entry.
 inline KmlVersion version_of(const FileState& fs) {

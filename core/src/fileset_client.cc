@@ -327,6 +327,7 @@ std::unique_ptr<ClientSession> FilesetClient::open_session() {
   target.port = config_.server_port;
   target.user = config_.server_user;
   target.fileset = config_.name;
+  target.long_poll_ms = kPollWait * 1000;
   return transport_->connect(loop_, target);
 }
 

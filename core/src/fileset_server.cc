@@ -13,11 +13,16 @@
 #include "intersync/log.h"
 #include "intersync/uv_timer.h"
 #include "intersync_build_config.h"
+#include "journal_adoption.h"
 #include "json_text.h"
 #include "protocol.h"
+#include "upload_staging.h"
 
 namespace intersync {
 namespace {
+
+// How often abandoned uploads are looked for, besides at start-up.
+constexpr uint64_t kUploadSweepMs = 3600 * 1000;
 
 std::optional<uint64_t> parse_u64(std::string_view s) {
   uint64_t v = 0;
@@ -69,7 +74,10 @@ struct FilesetServer::Waiter {
 };
 
 FilesetServer::FilesetServer(uv_loop_t* loop, FilesetConfig config, std::string state_dir)
-    : loop_(loop), config_(std::move(config)), state_dir_(std::move(state_dir)) {}
+    : loop_(loop),
+      config_(std::move(config)),
+      state_dir_(std::move(state_dir)),
+      upload_sweep_timer_(loop) {}
 
 FilesetServer::~FilesetServer() {
   *alive_ = false;
@@ -85,24 +93,15 @@ Status FilesetServer::start(std::unique_ptr<Backend> backend) {
   ignore_.load_file(config_.path);
   if (Status s = journal_.open(dir_.kml); !s) return s;
   if (Status s = index_.open(state_dir_ + "/" + config_.name + ".db"); !s) return s;
-  // An index written for another journal (the fileset was re-created) would
-  // suppress records the new journal needs: start it afresh.
-  if (index_.meta("uuid").value_or(dir_.uuid) != dir_.uuid ||
-      std::stoul(index_.meta("journal_head").value_or("0")) > journal_.head()) {
-    log_warn("fileset '{}': index does not belong to this journal; rebuilding it", config_.name);
-    for (const auto& p : index_.paths_under("")) index_.erase(p);
-    index_.erase("");
-  }
-  index_.set_meta("uuid", dir_.uuid);
+  if (Status s = catch_up_index(); !s) return s;
   tracker_ = std::make_unique<ChangeTracker>(
       loop_, ChangeTracker::Options{config_.name}, root_, index_, journal_,
       [this](std::string_view p, bool d) { return ignored(p, d); });
   reintegrator_ = std::make_unique<Reintegrator>(config_, root_, index_, journal_, *tracker_, dir_);
   reintegrator_->load_conflicts();
-  tracker_->on_committed([this] {
-    index_.set_meta("journal_head", std::to_string(journal_.head()));
-    wake_waiters();
-  });
+  tracker_->on_committed([this] { wake_waiters(); });
+  upload_sweep_timer_.start(
+      0, [this] { remove_abandoned_uploads(); }, kUploadSweepMs);
   backend_ = std::move(backend);
   if (Status s = backend_->start(loop_, config_.path, this); !s) return s;
   if (!backend_->replays_changes())
@@ -112,7 +111,64 @@ Status FilesetServer::start(std::unique_ptr<Backend> backend) {
   return {};
 }
 
+Status FilesetServer::catch_up_index() {
+  auto indexed = index_.meta(kJournalHeadKey);
+  // An index written for another journal (the fileset was re-created) would
+  // suppress records the new journal needs: start it afresh.
+  if (index_.meta("uuid").value_or(dir_.uuid) != dir_.uuid ||
+      std::stoul(indexed.value_or("0")) > journal_.head()) {
+    log_warn("fileset '{}': index does not belong to this journal; rebuilding it", config_.name);
+    for (const auto& p : index_.paths_under("")) index_.erase(p);
+    index_.erase("");
+    indexed.reset();
+  }
+  index_.set_meta("uuid", dir_.uuid);
+  // Without a journal head the index is new (or was just emptied): it
+  // describes no record, and the start-up comparison journals the tree.
+  if (indexed && std::stoul(*indexed) < journal_.head()) {
+    uint32_t from = static_cast<uint32_t>(std::stoul(*indexed));
+    auto records = journal_.records_after(from);
+    if (!records) return records.error();
+    AdoptionReport r = adopt_journal_tail(root_, index_, *records);
+    log_warn(
+        "fileset '{}': records {} to {} were journaled but the daemon stopped before indexing "
+        "them; indexed them now ({} adopted, {} did not fit, {} files changed since)",
+        config_.name, from + 1, journal_.head(), r.adopted, r.skipped, r.unverified);
+  }
+  return commit_journal_and_index(journal_, index_);
+}
+
+void FilesetServer::remove_abandoned_uploads() {
+  struct Sweep {
+    uv_work_t work{};
+    std::string tmp, fileset;
+    Result<RemovedUploads> removed = RemovedUploads{};
+  };
+  auto* sweep = new Sweep{{}, dir_.tmp, config_.name};
+  sweep->work.data = sweep;
+  uv_queue_work(
+      loop_, &sweep->work,
+      [](uv_work_t* w) {
+        auto* sw = static_cast<Sweep*>(w->data);
+        sw->removed = intersync::remove_abandoned_uploads(sw->tmp, kAbandonedUploadAge);
+      },
+      [](uv_work_t* w, int) {
+        std::unique_ptr<Sweep> sw(static_cast<Sweep*>(w->data));
+        if (!sw->removed) {
+          log_warn("fileset '{}': looking for abandoned uploads: {}", sw->fileset,
+                   sw->removed.error().message);
+        } else if (sw->removed->files > 0) {
+          log_info(
+              "fileset '{}': removed {} abandoned uploads ({} bytes, untouched for {} h) "
+              "from {}",
+              sw->fileset, sw->removed->files, sw->removed->bytes, kAbandonedUploadAge.count(),
+              sw->tmp);
+        }
+      });
+}
+
 void FilesetServer::stop() {
+  upload_sweep_timer_.stop();
   if (backend_) backend_->stop();
   backend_.reset();
   for (auto& w : waiters_) {
@@ -122,7 +178,9 @@ void FilesetServer::stop() {
   waiters_.clear();
   reintegrator_.reset();
   tracker_.reset();
-  (void)index_.commit();
+  if (Status s = commit_journal_and_index(journal_, index_); !s) {
+    log_error("fileset '{}': {}", config_.name, s.error().message);
+  }
 }
 
 void FilesetServer::on_changes(std::vector<ChangeEvent>&& events) {
@@ -431,6 +489,9 @@ void FilesetServer::serve_upload(const std::string& hex, const ParsedTarget& t,
   struct stat st;
   uint64_t have = 0;
   if (::stat(done.c_str(), &st) == 0) {
+    // The client is about to reintegrate the record that uses it: fresh
+    // again, it is not abandoned.
+    utimensat(AT_FDCWD, done.c_str(), nullptr, 0);
     HttpHeaders h;
     h.set("X-Intersync-Offset", std::to_string(st.st_size));
     return respond(*w, 200, "complete\n", "text/plain", std::move(h));

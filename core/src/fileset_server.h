@@ -20,6 +20,7 @@
 #include "ignore_rules.h"
 #include "intersync/backend.h"
 #include "intersync/transport.h"
+#include "intersync/uv_timer.h"
 #include "journal.h"
 #include "path_util.h"
 #include "reintegrator.h"
@@ -31,8 +32,8 @@ class FilesetServer : public BackendHost {
   FilesetServer(uv_loop_t* loop, FilesetConfig config, std::string state_dir);
   ~FilesetServer() override;
 
-  // Opens the journal and index, rescans the tree against the index and
-  // starts the backend.
+  // Opens the journal and index, indexes the records a crash left out of the
+  // index, rescans the tree against the index and starts the backend.
   Status start(std::unique_ptr<Backend> backend);
   void stop();
 
@@ -54,6 +55,9 @@ class FilesetServer : public BackendHost {
 
  private:
   struct Waiter;
+  // Makes the index describe the journal up to its last record: adopts the
+  // records a crash left unindexed, or starts a foreign index afresh.
+  Status catch_up_index();
   void serve_info(std::shared_ptr<ResponseWriter> w);
   void serve_kml(const ParsedTarget& t, std::shared_ptr<ResponseWriter> w);
   void answer_kml(uint32_t since, std::shared_ptr<ResponseWriter> w);
@@ -70,6 +74,9 @@ class FilesetServer : public BackendHost {
   void stream_entry(const std::string& path, const FileState& st, const HttpRequestHead& head,
                     std::shared_ptr<ResponseWriter> w);
   void wake_waiters();
+  // Removes, on the thread pool, the upload staging files no client came
+  // back for (upload_staging.h).
+  void remove_abandoned_uploads();
 
   uv_loop_t* loop_;
   FilesetConfig config_;
@@ -82,6 +89,7 @@ class FilesetServer : public BackendHost {
   std::unique_ptr<Reintegrator> reintegrator_;
   std::unique_ptr<Backend> backend_;
   std::list<std::shared_ptr<Waiter>> waiters_;
+  UvTimer upload_sweep_timer_;
   uint64_t bytes_served_ = 0;
   IgnoreRules ignore_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

@@ -487,13 +487,13 @@ std::optional<std::string> url_decode(std::string_view s) {
   return out;
 }
 
-std::string url_encode_path(std::string_view s) {
+std::string percent_encode(std::string_view s, bool (*keep)(unsigned char)) {
   static constexpr char kHex[] = "0123456789ABCDEF";
   std::string out;
   out.reserve(s.size());
   for (char c : s) {
     auto u = static_cast<unsigned char>(c);
-    if (std::isalnum(u) || c == '-' || c == '.' || c == '_' || c == '~' || c == '/') {
+    if (keep(u)) {
       out.push_back(c);
     } else {
       out.push_back('%');
@@ -502,6 +502,12 @@ std::string url_encode_path(std::string_view s) {
     }
   }
   return out;
+}
+
+std::string url_encode_path(std::string_view s) {
+  return percent_encode(s, [](unsigned char c) {
+    return std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == '/';
+  });
 }
 
 std::optional<std::string_view> ParsedTarget::param(std::string_view key) const {

@@ -74,4 +74,16 @@ Result<std::string> Journal::read_after(uint32_t since, uint64_t max_bytes, uint
   return out;
 }
 
+Result<std::vector<KmlRecord>> Journal::records_after(uint32_t since) const {
+  std::vector<KmlRecord> records;
+  while (since < durable_head_) {
+    uint32_t last = since;
+    auto bytes = read_after(since, 1 << 20, &last);
+    if (!bytes) return bytes.error();
+    for (auto& e : kml_scan(*bytes).entries) records.push_back(std::move(e.record));
+    since = last;
+  }
+  return records;
+}
+
 }  // namespace intersync

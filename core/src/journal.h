@@ -22,9 +22,13 @@ class Journal {
 
   uint32_t head() const { return durable_head_; }  // last durable recno
   uint32_t last_appended() const { return writer_.last_recno(); }
+  bool all_durable() const { return head() == last_appended(); }
   // Bytes of records (since, ...], at least one record when any exists,
   // otherwise at most `max_bytes`. Sets *last to the last recno included.
   Result<std::string> read_after(uint32_t since, uint64_t max_bytes, uint32_t* last) const;
+  // The durable records after `since`, decoded (a damaged one, reported
+  // when the journal was opened, is left out).
+  Result<std::vector<KmlRecord>> records_after(uint32_t since) const;
   const std::string& path() const { return path_; }
 
  private:

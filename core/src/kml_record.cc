@@ -296,6 +296,11 @@ class BodyDecoder {
         error_ = fmt::format("{} is not NUL-terminated", q.what);
       } else if (s.find('\0') != s.size() - 1) {
         error_ = fmt::format("{} contains a NUL byte before its end", q.what);
+      } else if (s[1] == '/') {
+        // "//x" would read as the absolute "/x", which no writer of this
+        // format puts there (the encoder refuses it).
+        error_ = fmt::format("{} \"{}\" starts with more than one '/'", q.what,
+                             s.substr(0, s.size() - 1));
       } else {
         q.s->assign(s.substr(1, s.size() - 2));
       }
@@ -454,6 +459,11 @@ Result<KmlRecord> kml_decode(std::string_view data, size_t* consumed) {
     size_t unused = body.finish();
     if (!body.error().empty()) {
       return bad_message(fmt::format("{}: {}", kml_op_name(rec.opcode), body.error()));
+    }
+    if (rec.opcode == KmlOp::DelExtAttr && !rec.value.empty()) {
+      return bad_message(
+          fmt::format("DELEXTATTR: a deleted attribute carries no value, this one has {} bytes",
+                      rec.value.size()));
     }
     // Records of the version we write end exactly at the suffix; a later
     // minor version may append fields, which an older reader skips.

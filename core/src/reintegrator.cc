@@ -9,6 +9,7 @@
 #include <ctime>
 
 #include "intersync/log.h"
+#include "journal_adoption.h"
 #include "json_text.h"
 #include "protocol.h"
 #include "record_applier.h"
@@ -247,12 +248,10 @@ nlohmann::json Reintegrator::reintegrate(std::vector<KmlRecord> records, const s
     results.push_back(std::move(result));
   }
   // Acknowledged only once durable.
-  if (Status s = journal_.sync(); !s) {
+  if (Status s = commit_journal_and_index(journal_, index_); !s) {
     log_error("fileset '{}': {}", config_.name, s.error().message);
-    return {{"error", s.error().message}};
+    if (!journal_.all_durable()) return {{"error", s.error().message}};
   }
-  if (Status s = index_.commit(); !s)
-    log_error("fileset '{}': {}", config_.name, s.error().message);
   return {{"results", results}};
 }
 

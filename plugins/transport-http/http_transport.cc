@@ -54,22 +54,22 @@ std::string config_path(const ConfigNode& node, const std::string& path) {
   return (std::filesystem::path(node.file()).parent_path() / path).lexically_normal().string();
 }
 
-// The connector of a client whose tls settings are a server's: every
-// connection fails, saying why.
+// The connector of a client whose settings cannot work as a client's (tls
+// settings that are a server's, an idle timeout its long-polls outlast):
+// every connection fails, saying why.
 class MisconfiguredConnector final : public StreamConnector {
  public:
-  explicit MisconfiguredConnector(std::string endpoint) : endpoint_(std::move(endpoint)) {}
+  MisconfiguredConnector(std::string endpoint, std::string why)
+      : endpoint_(std::move(endpoint)), why_(std::move(why)) {}
   Result<std::unique_ptr<ConnectAttempt>> connect(Done) override {
-    return make_error(-EINVAL,
-                      "http: cannot connect to " + endpoint_ +
-                          ": the fileset's tls settings have cert and key, which are a server's; "
-                          "a client needs ca or fingerprint");
+    return make_error(-EINVAL, "http: cannot connect to " + endpoint_ + ": " + why_);
   }
   std::string label() const override { return "http"; }
   std::string endpoint() const override { return endpoint_; }
 
  private:
   std::string endpoint_;
+  std::string why_;
 };
 
 }  // namespace
@@ -138,7 +138,18 @@ class HttpTransport final : public Transport {
       connector = std::make_shared<TlsConnector>(loop, std::move(connector), client_tls_,
                                                  strip_brackets(target.host));
     } else if (server_tls_) {
-      connector = std::make_shared<MisconfiguredConnector>(connector->endpoint());
+      connector = std::make_shared<MisconfiguredConnector>(
+          connector->endpoint(),
+          "the fileset's tls settings have cert and key, which are a server's; a client needs "
+          "ca or fingerprint");
+    }
+    if (idle_timeout_s_ && effective.idle_timeout_ms <= target.long_poll_ms) {
+      // Every long-poll would time out before the server answers it.
+      connector = std::make_shared<MisconfiguredConnector>(
+          connector->endpoint(),
+          fmt::format("{}'idle_timeout' of {} is {} s, but a client's long-poll waits {} s for "
+                      "the server: it must be longer",
+                      idle_timeout_where_, what_, *idle_timeout_s_, target.long_poll_ms / 1000));
     }
     return std::make_unique<HttpClientSession>(loop, std::move(effective), std::move(connector));
   }
@@ -172,6 +183,7 @@ class HttpTransport final : public Transport {
       auto value = node.get_int("idle_timeout", 60, 1, 24 * 3600);
       if (!value) return value.error();
       idle_timeout_s_ = static_cast<unsigned>(*value);
+      idle_timeout_where_ = node.where("idle_timeout");
     }
     auto plain = node.get_bool("plain", false);
     if (!plain) return plain.error();
@@ -286,6 +298,7 @@ class HttpTransport final : public Transport {
   std::string what_;  // "'http' settings of fileset 'docs'", for messages
   std::optional<unsigned> max_connections_;
   std::optional<unsigned> idle_timeout_s_;
+  std::string idle_timeout_where_;  // "file:line:col: " of the key
   std::shared_ptr<TlsContext> server_tls_;
   std::shared_ptr<TlsContext> client_tls_;
   bool plain_ = false;

@@ -1,13 +1,17 @@
 """Fault injection with real daemons: kill -9 in the middle of a two-way
-workload, a network partition in the middle of a large download, and a
-client whose disk fills up. Every wait is on a condition with a deadline;
-the only sleeps are bounded pacing of the synthetic workload."""
+workload, kill -9 at the exact moment between making the server's journal
+durable and committing its index, a network partition in the middle of a
+large download, and a client whose disk fills up. Every wait is on a
+condition with a deadline; the only sleeps are bounded pacing of the
+synthetic workload."""
 
 import ctypes
 import hashlib
+import json
 import os
 import random
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
@@ -15,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (INTERSYNCD, PLAIN_HTTP, Daemon, assert_same_tree, token_sha256,
+from conftest import (INTERSYNCD, KMLPRINT, PLAIN_HTTP, Daemon, assert_same_tree, token_sha256,
                       tree_snapshot, trees_equal, wait_for)
 
 FSET = "docs"
@@ -290,7 +294,127 @@ def test_kill9_during_two_way_workload(cluster, tmp_path):
 
 
 # --------------------------------------------------------------------------
-# 2. network partition during a large transfer
+# 2. kill -9 between the server's journal and its index
+#
+# strace stops the daemon at a chosen system call and kills it there
+# (`inject=SYSCALL:signal=SIGKILL`, on entry), so the crash lands at the same
+# point on every run: with the records written to the journal but before its
+# fdatasync, or after the fdatasync at the first write of the index's
+# transaction to the SQLite WAL.
+
+CRASH_POINTS = {
+    "journal-written-not-synced": ("kml", "fdatasync"),
+    "journal-synced-index-not-committed": ("index-wal", "pwrite64"),
+}
+
+
+def kml_records(path):
+    r = subprocess.run([str(KMLPRINT), "--json", str(path)], capture_output=True, text=True,
+                       timeout=30, check=True)
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def what_record_says(rec):
+    """A record without what differs between two journalings of one change
+    (number, offset, time, writer's pid): equal for a change journaled twice."""
+    return json.dumps({k: v for k, v in rec.items()
+                       if k not in ("recno", "offset", "time", "pid")}, sort_keys=True)
+
+
+def index_paths(db, scratch):
+    """The paths in the server's index, read from a copy of its SQLite files."""
+    scratch.mkdir(exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{db}{suffix}")
+        if src.exists():
+            shutil.copyfile(src, scratch / f"index.db{suffix}")
+    con = sqlite3.connect(scratch / "index.db")
+    try:
+        return {row[0] for row in con.execute("SELECT path FROM files")}
+    finally:
+        con.close()
+
+
+def kill_at_syscall(pid, path, syscall):
+    """Attaches strace to `pid` and its threads: the first `syscall` on `path`
+    kills it. Returns once strace is attached."""
+    tracer = subprocess.Popen(["strace", "-f", "-p", str(pid), "-P", str(path), "-o", os.devnull,
+                               "-e", f"trace={syscall}", "-e",
+                               f"inject={syscall}:signal=SIGKILL"],
+                              stderr=subprocess.PIPE, text=True)
+    attached = []
+
+    def read_stderr():
+        for line in tracer.stderr:
+            if "attached" in line:
+                attached.append(line)
+
+    threading.Thread(target=read_stderr, daemon=True).start()
+    # "Process N attached [with M threads]" once every thread is traced.
+    wait_for(lambda: attached or tracer.poll() is not None,
+             what="strace to attach")
+    assert tracer.poll() is None, f"strace exited {tracer.returncode}"
+    return tracer
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_kill9_between_journal_and_index_journals_each_change_once(cluster, tmp_path, point):
+    if shutil.which("strace") is None:
+        pytest.skip("strace is missing: it stops the daemon at the crash point")
+    root = cluster.server_root
+    (root / "old.txt").write_bytes(b"old\n")
+    (root / "keep").mkdir()
+    (root / "keep" / "moved.txt").write_bytes(b"moved\n")
+    (root / "gone.txt").write_bytes(b"gone\n")
+    server = cluster.start_server()
+    client = cluster.add_client()
+    wait_settled(cluster, what="initial replication")
+    kml = root / ".intermezzo" / FSET / "kml"
+    db = server.state / f"{FSET}.db"
+    before = kml_records(kml)
+
+    target = {"kml": kml, "index-wal": Path(f"{db}-wal")}[CRASH_POINTS[point][0]]
+    tracer = kill_at_syscall(server.proc.pid, target, CRASH_POINTS[point][1])
+    try:
+        (root / "new").mkdir()
+        (root / "new" / "a.txt").write_bytes(b"a\n" * 1000)
+        (root / "b.txt").write_bytes(b"b\n")
+        os.rename(root / "keep" / "moved.txt", root / "new" / "moved.txt")
+        (root / "old.txt").chmod(0o600)
+        (root / "gone.txt").unlink()
+        wait_for(lambda: server.proc.poll() is not None, what="the server to be killed at "
+                 f"{CRASH_POINTS[point][1]} on {target.name}")
+    finally:
+        tracer.kill()
+        tracer.wait()
+    server.kill9()  # reaps it
+
+    # The crash point was hit: records are in the journal that the index does
+    # not describe.
+    at_kill = kml_records(kml)
+    new_paths = {r["path"] for r in at_kill[len(before):] if r["op"] in ("MKDIR", "CREATE")}
+    assert new_paths, at_kill[len(before):]
+    assert new_paths - index_paths(db, tmp_path / "index-copy"), "the index knew the records"
+
+    server = cluster.start_server()
+    wait_settled(cluster, what="convergence after the restart")
+    assert_same_tree(root, client.root)
+
+    # Each change is in the journal, so served to clients, exactly once.
+    records = kml_records(kml)
+    assert records[:len(at_kill)] == at_kill
+    said = [what_record_says(r) for r in records]
+    twice = [(r["recno"], r["op"], r.get("path") or r.get("src") or r.get("name"))
+             for r, s in zip(records, said) if said.count(s) > 1]
+    assert not twice, f"journaled twice: {twice}"
+    created = [r["path"] for r in records if r["op"] in ("MKDIR", "CREATE")]
+    assert sorted(created) == sorted(set(created)), created
+    assert client.fileset(FSET)["last_rcvd"] == records[-1]["recno"]
+    assert "journaled but the daemon stopped before indexing" in server.log_text()
+
+
+# --------------------------------------------------------------------------
+# 3. network partition during a large transfer
 
 
 def run(*cmd, check=True):
@@ -404,7 +528,7 @@ def test_partition_during_large_transfer(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# 3. the client's disk fills up
+# 4. the client's disk fills up
 
 
 def test_full_disk_on_client(cluster, tmp_path):

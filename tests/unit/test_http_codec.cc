@@ -350,6 +350,10 @@ TEST_CASE("url_decode and url_encode_path") {
   CHECK_FALSE(url_decode("%4g"));
 
   CHECK(url_encode_path("/dir/a b+c?%#\xe2\x82\xac~._-") == "/dir/a%20b%2Bc%3F%25%23%E2%82%AC~._-");
+  // Any other choice of bytes to keep: here, all but spaces and 8-bit bytes.
+  CHECK(percent_encode("a b%20\xff/?", [](unsigned char c) { return c != ' ' && c < 0x80; }) ==
+        "a%20b%20%FF/?");
+  CHECK(percent_encode("", [](unsigned char) { return false; }).empty());
   std::string all;
   for (int c = 1; c < 256; ++c) all.push_back(static_cast<char>(c));
   CHECK(url_decode(url_encode_path(all)) == all);

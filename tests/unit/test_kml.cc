@@ -373,6 +373,24 @@ TEST_CASE("malformed records are refused with a reason", "[kml]") {
   relative.v(0, 0, 0, 0, 0).v(0, 0, 0, 0, 0).v(0, 0, 0, 0, 0).u32(0).u32(0).u32(0).u32(4);
   relative.str(std::string("abc\0", 4));
   expect_bad(frame(1, {}, relative.b, 1, 0), "'/'");
+  // ... with exactly one '/': "//x" would read as the absolute "/x".
+  Le absolute;
+  absolute.v(0, 0, 0, 0, 0).v(0, 0, 0, 0, 0).v(0, 0, 0, 0, 0).u32(0).u32(0).u32(0).u32(4);
+  absolute.str(std::string("//x\0", 4));
+  expect_bad(frame(1, {}, absolute.b, 1, 0), "more than one '/'");
+
+  // A DELEXTATTR names the attribute it removes and carries no value.
+  auto delextattr = [](std::string_view value) {
+    Le body;
+    body.v(0, 0, 0, 0, 0).v(0, 0, 0, 0, 0).u32(0).u32(0100644);  // V old, V new, flags, mode
+    body.u32(3).u32(12).u32(static_cast<uint32_t>(value.size()));
+    body.str(std::string("/f\0", 3)).str("user.comment").str(value);
+    return frame(16, {}, body.b, 1, 0);
+  };
+  auto removed = kml_decode(delextattr(""), nullptr);
+  REQUIRE(removed.ok());
+  CHECK(removed->name == "user.comment");
+  expect_bad(delextattr("stale"), "carries no value");
 }
 
 TEST_CASE("the encoder refuses what it cannot write faithfully", "[kml]") {

@@ -544,6 +544,34 @@ TEST_CASE_METHOD(Fixture, "an unanswered call times out") {
   CHECK(reply.status.error().code == -ETIMEDOUT);
 }
 
+TEST_CASE_METHOD(Fixture, "a client whose idle_timeout its long-polls outlast is refused") {
+  handler.routes["/"] = [](HttpRequest&, std::shared_ptr<ResponseWriter> writer) {
+    respond(writer, 200, "ok");
+  };
+  auto call = [&](const char* yaml) {
+    REQUIRE(
+        transport->configure(ConfigNode(YAML::Load(yaml), "client.yaml", "'http' settings")).ok());
+    ClientTarget target;
+    target.host = "127.0.0.1";
+    target.port = port;
+    target.long_poll_ms = 25000;
+    auto client = transport->connect(loop.get(), target);
+    Reply reply;
+    client->send(request("GET", "/"), "", reply.callbacks());
+    REQUIRE(loop.run_until([&] { return reply.done; }));
+    return reply;
+  };
+  Reply refused = call("plain: true\nidle_timeout: 20");
+  REQUIRE_FALSE(refused.status.ok());
+  std::string message = refused.status.error().message;
+  INFO(message);
+  CHECK(message.find("client.yaml:2:1: 'idle_timeout' of 'http' settings is 20 s") !=
+        std::string::npos);
+  CHECK(message.find("long-poll waits 25 s") != std::string::npos);
+  Reply longer = call("plain: true\nidle_timeout: 26");
+  CHECK(longer.status.ok());
+}
+
 TEST_CASE("configure accepts the plugin's keys and rejects others") {
   auto transport = make_transport();
   CHECK(transport

@@ -123,6 +123,9 @@ class HttpParser {
 // Percent-decodes a URL path or query component ("%2F" -> "/"); "+" is left
 // as is in paths. Returns nullopt on a malformed escape or an encoded NUL.
 std::optional<std::string> url_decode(std::string_view s);
+// Percent-encodes ("%2F", upper-case hex) every byte for which `keep` is
+// false.
+std::string percent_encode(std::string_view s, bool (*keep)(unsigned char));
 // Percent-encodes everything but unreserved characters and '/'.
 std::string url_encode_path(std::string_view s);
 

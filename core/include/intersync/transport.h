@@ -90,6 +90,11 @@ struct ClientTarget {
   // The fileset the session is for: ssh starts the remote side with it.
   // Last, so that a plugin built before it was added still reads the rest.
   std::string fileset;
+  // The longest the caller's calls wait for the server's answer by design
+  // (a long-poll); 0 when none does. A transport whose configured idle
+  // timeout is not above it refuses the session's calls, saying where that
+  // timeout is set. After `fileset`, for the same reason.
+  unsigned long_poll_ms = 0;
 };
 
 // A client's sessions with one server: a small pool of keep-alive
