@@ -20,6 +20,7 @@
 #include "intersync/http_client.h"
 #include "intersync/kml.h"
 #include "intersync/result.h"
+#include "record_applier.h"
 
 namespace intersync {
 
@@ -35,7 +36,13 @@ struct FilesetClient::Batch {
   std::set<Hash> staged;              // content ids downloaded to tmp/<hex>
   std::map<Hash, Manifest> hashed;    // of staged files, hashed as they were written
   std::set<Hash> awaiting;            // staged contents still downloading
-  std::set<Hash> requested;           // content ids asked of the server
+  // Small contents written to staging files as soon as they arrived, while
+  // the batch waited for its large downloads or for the batch before it
+  // (see FilesetClient::prestage); by record index.
+  unsigned small_fetches = 0;  // "contents" requests in flight
+  bool prestaged_early = false;
+  std::map<size_t, ContentSources::Prestaged> prestaged;
+  std::set<Hash> requested;  // content ids asked of the server
   uint32_t last_recno = 0;
   // Filled by the job:
   uint32_t applied_upto = 0;

@@ -140,7 +140,11 @@ void run_apply_job(ApplyJob& job) {
   sources.on_demand = b.on_demand;
   sources.requested = b.requested;
   auto t = std::chrono::steady_clock::now();
-  applier.prestage(b.records, sources, std::thread::hardware_concurrency());
+  if (b.prestaged_early) {
+    sources.prestaged = std::move(b.prestaged);
+  } else {
+    applier.prestage(b.records, sources, std::thread::hardware_concurrency());
+  }
   job.ms_prestage = ms_since(t);
   for (size_t i = 0; i < b.records.size(); ++i) {
     std::string err;
@@ -588,7 +592,10 @@ void FilesetClient::requeue(Batch& batch, uint32_t after) {
 }
 
 void FilesetClient::requeue_fetching() {
-  if (fetching_) requeue(*fetching_, 0);
+  if (fetching_) {
+    for (const auto& [i, p] : fetching_->prestaged) unlink((dir_.tmp + "/" + p.name).c_str());
+    requeue(*fetching_, 0);
+  }
   fetching_.reset();
   fetches_in_flight_ = 0;
   ++batch_seq_;  // answers still on their way belong to the dropped batch
@@ -598,6 +605,7 @@ void FilesetClient::fetch_small(std::vector<Hash> ids) {
   std::string body;
   for (const auto& id : ids) body += hash_hex(id) + "\n";
   ++fetches_in_flight_;
+  ++fetching_->small_fetches;
   uint64_t gen = generation_, seq = batch_seq_;
   auto alive = std::weak_ptr<bool>(alive_);
   session_->send(request_head("POST", "contents"), std::move(body),
@@ -622,8 +630,70 @@ void FilesetClient::fetch_small(std::vector<Hash> ids) {
                      bytes_received_ += len;
                      pos += len;
                    }
+                   if (--fetching_->small_fetches == 0) prestage();
                    fetch_done();
                  }));
+}
+
+namespace {
+
+// Writes a fetched batch's small contents to staging files on the thread
+// pool (RecordApplier::prestage) while the batch still waits for its large
+// downloads or for the batch before it to be applied. It works on copies:
+// the batch may be dropped meanwhile.
+struct PrestageJob {
+  uv_work_t work{};
+  std::shared_ptr<const SafeRoot> root;
+  std::shared_ptr<FileIndex> index;
+  std::string tmp_dir, fset;
+  std::vector<KmlRecord> records;
+  ContentSources sources;
+  uint64_t gen = 0, seq = 0;
+  std::function<void(PrestageJob&)> done;
+};
+
+}  // namespace
+
+void FilesetClient::prestage() {
+  if (fetching_->small.empty()) return;
+  auto* job = new PrestageJob;
+  job->root = root_;
+  job->index = index_;
+  job->tmp_dir = dir_.tmp;
+  job->fset = config_.name;
+  job->records = fetching_->records;
+  job->sources.small = std::move(fetching_->small);  // back in done()
+  job->work.data = job;
+  ++fetches_in_flight_;
+  uint64_t gen = generation_, seq = batch_seq_;
+  auto alive = std::weak_ptr<bool>(alive_);
+  job->done = [this, gen, seq, alive](PrestageJob& j) {
+    bool current = !alive.expired() && gen == generation_ && seq == batch_seq_ && fetching_;
+    if (!current) {
+      // The batch was dropped: so are its staging files.
+      for (const auto& [i, p] : j.sources.prestaged) unlink((j.tmp_dir + "/" + p.name).c_str());
+      return;
+    }
+    fetching_->small = std::move(j.sources.small);
+    fetching_->prestaged = std::move(j.sources.prestaged);
+    fetching_->prestaged_early = true;
+    fetch_done();
+  };
+  uv_queue_work(
+      loop_, &job->work,
+      [](uv_work_t* w) {
+        auto& j = *static_cast<PrestageJob*>(w->data);
+        // The applier only opens the staging directory here; the index is
+        // not touched.
+        RecordApplier applier(*j.root, *j.index, j.tmp_dir, j.fset);
+        if (applier.open()) {
+          applier.prestage(j.records, j.sources, std::thread::hardware_concurrency());
+        }
+      },
+      [](uv_work_t* w, int) {
+        std::unique_ptr<PrestageJob> j(static_cast<PrestageJob*>(w->data));
+        j->done(*j);
+      });
 }
 
 void FilesetClient::fetch_large(const Hash& id, uint64_t size) {

@@ -67,6 +67,9 @@ class FilesetClient : public BackendHost {
   void on_records(std::string bytes, uint32_t head);
   void next_batch();
   void fetch_small(std::vector<Hash> ids);
+  // Writes fetching_'s small contents to staging files on the thread pool,
+  // once they are all in.
+  void prestage();
   // The batch being fetched needs large content `id`: waits for its
   // download, started now or ahead by prefetch_large().
   void fetch_large(const Hash& id, uint64_t size);
