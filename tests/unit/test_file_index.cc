@@ -14,6 +14,7 @@
 
 #include "file_index.h"
 #include "path_util.h"
+#include "temp_dir.h"
 
 namespace {
 
@@ -23,21 +24,6 @@ using intersync::FileState;
 using intersync::FileType;
 using intersync::Hash;
 using intersync::sha256;
-
-// A directory under /tmp removed with everything in it when the test ends.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "test_file_index.XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 FileState file_with(const std::string& content, uint32_t version = 1) {
   FileState st;

@@ -14,25 +14,12 @@
 
 #include "chunker.h"
 #include "journal_adoption.h"
+#include "temp_dir.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using namespace intersync;
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "test_journal_adoption.XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // A fileset root with an open SafeRoot and index, as a server has them.
 struct Fixture {

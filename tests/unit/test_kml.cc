@@ -18,6 +18,7 @@
 #include <string>
 
 #include "intersync/kml.h"
+#include "temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace intersync;
@@ -25,23 +26,6 @@ using namespace intersync;
 namespace {
 
 // A temporary directory removed with everything in it at the end of a test.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "test_kml.XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
-
 // Little-endian byte writer written from KML.md, independent of kml_encode.
 struct Le {
   std::string b;

@@ -14,27 +14,13 @@
 #include <string>
 
 #include "path_util.h"
+#include "temp_dir.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using intersync::normalize_rel_path;
 using intersync::SafeRoot;
-
-// A directory under /tmp removed with everything in it when the test ends.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "test_path_util.XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 void write_file(const std::string& path, const std::string& data) {
   std::ofstream out(path, std::ios::binary);

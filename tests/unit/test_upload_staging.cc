@@ -12,6 +12,7 @@
 #include <fstream>
 #include <string>
 
+#include "temp_dir.h"
 #include "upload_staging.h"
 
 namespace {
@@ -19,20 +20,6 @@ namespace {
 namespace fs = std::filesystem;
 using intersync::kAbandonedUploadAge;
 using intersync::remove_abandoned_uploads;
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "test_upload_staging.XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // Writes `bytes` bytes to dir/name, last modified `age_s` seconds ago.
 void staged(const std::string& dir, const std::string& name, size_t bytes, time_t age_s) {
