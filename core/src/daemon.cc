@@ -124,6 +124,7 @@ Status Daemon::check(const Config& config) {
 Status Daemon::start_filesets() {
   if (Status s = check_shared_listeners(config_); !s) return s;
   if (Status s = mkdir_p(config_.state_dir, 0700); !s) return s;
+  if (plugins_) retired_plugins_.push_back(std::move(plugins_));
   plugins_ = std::make_unique<PluginRegistry>(config_.plugin_dirs);
   for (const auto& f : config_.filesets) {
     if (f.auth_none) {

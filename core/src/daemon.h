@@ -59,6 +59,10 @@ class Daemon {
   Config config_;
   uv_loop_t loop_{};
   std::unique_ptr<PluginRegistry> plugins_;
+  // Registries a reload replaced. Their libraries stay loaded until the
+  // daemon exits: the stopped filesets' handles are closed by the loop
+  // later, and their close callbacks are plugin code.
+  std::vector<std::unique_ptr<PluginRegistry>> retired_plugins_;
   std::map<std::string, Listener> listeners_;  // "transport host:port" -> listener
   std::vector<std::unique_ptr<FilesetServer>> servers_;
   std::vector<std::unique_ptr<FilesetClient>> clients_;
