@@ -102,6 +102,7 @@ Status FilesetServer::start(std::unique_ptr<Backend> backend) {
   tracker_->on_committed([this] { wake_waiters(); });
   upload_sweep_timer_.start(
       0, [this] { remove_abandoned_uploads(); }, kUploadSweepMs);
+  upload_sweep_timer_.unref();  // the listeners keep a server's loop running
   backend_ = std::move(backend);
   if (Status s = backend_->start(loop_, config_.path, this); !s) return s;
   if (!backend_->replays_changes())

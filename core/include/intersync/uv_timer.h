@@ -40,6 +40,8 @@ class UvTimer {
         ms, repeat_ms);
   }
   void stop() { uv_timer_stop(&h_->timer); }
+  // Housekeeping: the timer alone does not keep the loop running (uv_unref).
+  void unref() { uv_unref(reinterpret_cast<uv_handle_t*>(&h_->timer)); }
   bool active() const { return uv_is_active(reinterpret_cast<const uv_handle_t*>(&h_->timer)); }
 
  private:
