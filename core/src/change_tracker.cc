@@ -286,13 +286,27 @@ void ChangeTracker::process(const Item& item) {
   }
 }
 
+// How long a known path found missing with its directory waits for the
+// directory's rename event before it is taken as removed.
+constexpr uint64_t kParentGoneWaitMs = 50;
+
 void ChangeTracker::reconcile(const std::string& path) {
   if (is_internal_path(path)) return;
   struct stat st;
   bool exists = stat_path(path, &st) && supported(st);
   const FileState* idx = index_.find(path);
   if (exists && !path.empty() && ignored_(path, S_ISDIR(st.st_mode))) exists = false;
+  bool waited = waited_for_parent_.erase(path) > 0;
   if (!exists) {
+    struct stat parent_st;
+    if (idx && !path.empty() && !waited && !stat_path(parent_of(path), &parent_st)) {
+      // Its directory is gone too: most often renamed a moment ago, the
+      // event of that rename still on its way. Looked at again shortly; the
+      // rename carries the look over to the new name.
+      waited_for_parent_.insert(path);
+      defer(path, kParentGoneWaitMs);
+      return;
+    }
     if (idx) journal_removal(path);
     return;
   }
@@ -510,6 +524,10 @@ void ChangeTracker::rename(const std::string& from, const std::string& to) {
     deferred[is_same_or_under(p, from) ? moved_path(p) : p] = due;
   }
   deferred_.swap(deferred);
+  std::set<std::string> waited;
+  for (const auto& p : waited_for_parent_)
+    waited.insert(is_same_or_under(p, from) ? moved_path(p) : p);
+  waited_for_parent_.swap(waited);
   if (src_type == FileType::Dir) {
     // Entries created or renamed inside it before this rename was seen were
     // looked for under the old name: compare the whole subtree once.

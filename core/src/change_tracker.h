@@ -122,6 +122,9 @@ class ChangeTracker {
   std::set<std::string> queued_;               // paths with a Reconcile item in queue_
   std::multiset<std::string> rename_targets_;  // `to` of the Rename items in queue_
   std::map<std::string, uint64_t> deferred_;   // path -> due time (ms), Modified files
+  // Known paths found missing along with their directory, deferred once
+  // (see reconcile()).
+  std::set<std::string> waited_for_parent_;
   UvTimer slice_timer_;
   UvTimer deferred_timer_;
   bool hashing_ = false;
