@@ -107,6 +107,17 @@ def env(tmp_path):
         e.close()
 
 
+def start_server_and_client(env, populate):
+    """A server on an izofs mount whose tree `populate(root)` makes first,
+    and a client converged from it."""
+    m = env.mount("server")
+    populate(m.mnt)
+    server = env.server_on(m)
+    client = env.cluster.add_client()
+    converge(env.cluster, client)
+    return m, server, client
+
+
 def converge(cluster, client, timeout=30):
     wait_for(lambda: trees_equal(cluster.server_root, client.root), timeout=timeout,
              what=f"{client.dir.name} to match the server")
@@ -138,12 +149,8 @@ def renames_in(records):
 # ------------------------------------------------------- server on izofs
 
 def test_server_on_izofs_replicates_every_change_without_rescanning(env):
-    m = env.mount("server")
-    make_initial_tree(m.mnt)
+    m, server, client = start_server_and_client(env, make_initial_tree)
     cluster = env.cluster
-    server = env.server_on(m)
-    client = cluster.add_client()
-    converge(cluster, client)
     journal = fset_dir(m) / "sync.kml"
     seen = len(kml_records(journal))
 
@@ -211,12 +218,8 @@ def test_server_on_izofs_replicates_every_change_without_rescanning(env):
 
 
 def test_a_move_into_a_new_directory_is_journaled_as_the_move(env):
-    m = env.mount("server")
-    make_initial_tree(m.mnt)
+    m, server, client = start_server_and_client(env, make_initial_tree)
     cluster = env.cluster
-    server = env.server_on(m)
-    client = cluster.add_client()
-    converge(cluster, client)
     journal = fset_dir(m) / "sync.kml"
     seen = len(kml_records(journal))
 
@@ -240,12 +243,9 @@ def test_a_move_into_a_new_directory_is_journaled_as_the_move(env):
 
 
 def test_server_killed_while_users_write_resumes_from_its_saved_position(env):
-    m = env.mount("server")
-    write_file(m.mnt / "before.txt", b"before\n")
+    m, server, client = start_server_and_client(
+        env, lambda root: write_file(root / "before.txt", b"before\n"))
     cluster = env.cluster
-    server = env.server_on(m)
-    client = cluster.add_client()
-    converge(cluster, client)
     wait_for(lambda: saved_position(m) is not None, what="a first saved position")
 
     # The user writes (and sometimes renames) files while `target` is ahead
@@ -351,12 +351,9 @@ def append_gapped_record(kml, skip):
 
 
 def test_a_gap_in_the_log_makes_the_server_rescan_and_converge(env):
-    m = env.mount("server")
-    write_file(m.mnt / "one.txt", b"one\n")
+    m, server, client = start_server_and_client(
+        env, lambda root: write_file(root / "one.txt", b"one\n"))
     cluster = env.cluster
-    server = env.server_on(m)
-    client = cluster.add_client()
-    converge(cluster, client)
     server.stop()
     m.stop()
     # What the missing records described: a change nobody journaled.
