@@ -286,9 +286,11 @@ void ChangeTracker::process(const Item& item) {
   }
 }
 
-// How long a known path found missing with its directory waits for the
-// directory's rename event before it is taken as removed.
-constexpr uint64_t kParentGoneWaitMs = 50;
+// How long a known path found missing waits for the event that explains it
+// (the rename of its directory, or its own next rename) before it is taken
+// as removed. That event was queued by the kernel before the path was found
+// missing, so it is normally read within the same loop iteration.
+constexpr uint64_t kExplainingEventWaitMs = 100;
 
 void ChangeTracker::reconcile(const std::string& path) {
   if (is_internal_path(path)) return;
@@ -304,7 +306,7 @@ void ChangeTracker::reconcile(const std::string& path) {
       // event of that rename still on its way. Looked at again shortly; the
       // rename carries the look over to the new name.
       waited_for_parent_.insert(path);
-      defer(path, kParentGoneWaitMs);
+      defer(path, kExplainingEventWaitMs);
       return;
     }
     if (idx) journal_removal(path);
@@ -478,9 +480,16 @@ void ChangeTracker::rename(const std::string& from, const std::string& to) {
   // (those renames wait later in the queue).
   std::string now = where_now(to);
   struct stat st;
-  bool exact = src && stat_path(now, &st) && supported(st) && st.st_ino == src->ino &&
-               type_of(st) == src->type && index_.find(parent_of(to)) != nullptr &&
-               !is_same_or_under(to, from) && !ignored_(to, S_ISDIR(st.st_mode));
+  int found = src ? root_.lstat(now, &st) : -ENOENT;
+  // Gone from `to` already: moved on, or its directory moved, by an event
+  // still on its way (or removed since). The rename happened as the event
+  // says; the records that follow carry on from `to`.
+  bool moved_on = src && found == -ENOENT;
+  bool exact = src &&
+               (moved_on || (found == 0 && supported(st) && st.st_ino == src->ino &&
+                             type_of(st) == src->type)) &&
+               index_.find(parent_of(to)) != nullptr && !is_same_or_under(to, from) &&
+               !ignored_(to, src->type == FileType::Dir);
   if (!exact) {
     // Not a rename we can express (unknown source, replaced meanwhile,
     // moved under an ignored name): compare both sides with the disk.
@@ -505,7 +514,7 @@ void ChangeTracker::rename(const std::string& from, const std::string& to) {
   if (FileState* moved = const_cast<FileState*>(index_.find(to))) {
     FileState copy = *moved;
     copy.version = version_after(r, copy.version);
-    copy.ctime_ns = int64_t(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
+    if (!moved_on) copy.ctime_ns = int64_t(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
     index_.put(to, copy);
   }
   // Pending work under the old name now concerns the new one.
@@ -528,7 +537,12 @@ void ChangeTracker::rename(const std::string& from, const std::string& to) {
   for (const auto& p : waited_for_parent_)
     waited.insert(is_same_or_under(p, from) ? moved_path(p) : p);
   waited_for_parent_.swap(waited);
-  if (src_type == FileType::Dir) {
+  if (moved_on) {
+    // Looked at once the event that explains its absence has come in: a
+    // rename of it or of its directory carries the look to the new name
+    // (and rescans a directory there), a removal makes it a removal.
+    defer(to, kExplainingEventWaitMs);
+  } else if (src_type == FileType::Dir) {
     // Entries created or renamed inside it before this rename was seen were
     // looked for under the old name: compare the whole subtree once.
     push_after_renames({Item::Kind::Rescan, to, {}});
