@@ -8,6 +8,7 @@
 #include <unistd.h>
 #include <uuid/uuid.h>
 
+#include <cctype>
 #include <charconv>
 #include <chrono>
 #include <cstring>
@@ -49,6 +50,13 @@ uint64_t get_u64(const char* p) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = v << 8 | static_cast<uint8_t>(p[i]);
   return v;
+}
+
+// "answered 507: upload failed: No space left on device", for the status.
+std::string server_answer(int status, std::string_view body) {
+  while (!body.empty() && std::isspace(static_cast<unsigned char>(body.back())))
+    body.remove_suffix(1);
+  return "answered " + std::to_string(status) + ": " + std::string(body);
 }
 
 }  // namespace
@@ -344,8 +352,13 @@ HttpRequestHead FilesetClient::request_head(const std::string& method,
   return h;
 }
 
-void FilesetClient::set_error(const std::string& e) {
+void FilesetClient::set_error(Trouble trouble, const std::string& e) {
+  trouble_ = trouble;
   last_error_ = e;
+}
+
+void FilesetClient::clear_error(Trouble trouble) {
+  if (trouble_ == trouble) last_error_.clear();
 }
 
 // Collects a small response body and calls back with status and body.
@@ -423,7 +436,7 @@ void FilesetClient::connect() {
         }
         state_ = State::Connected;
         backoff_ms_ = 0;
-        last_error_.clear();
+        clear_error(Trouble::Connection);
         poll();
         reintegrate();
         next_batch();
@@ -446,7 +459,7 @@ void FilesetClient::lost(const std::string& why) {
              config_.server_port, why);
   }
   state_ = State::Disconnected;
-  last_error_ = why;
+  set_error(Trouble::Connection, why);
   // Drop every connection: calls still in flight belong to the old session.
   session_->close();
   session_ = open_session();
@@ -494,8 +507,9 @@ void FilesetClient::on_records(std::string bytes, uint32_t head) {
   for (auto& e : scan.entries) {
     if (e.record.recno <= received_) continue;  // a repeat after a reconnect
     if (e.record.recno != received_ + 1) {
-      set_error("journal from the server skips from record " + std::to_string(received_) + " to " +
-                std::to_string(e.record.recno));
+      set_error(Trouble::Applying, "journal from the server skips from record " +
+                                       std::to_string(received_) + " to " +
+                                       std::to_string(e.record.recno));
       log_error("fileset '{}': {}; asking again", config_.name, last_error_);
       break;
     }
@@ -730,7 +744,7 @@ bool FilesetClient::download_large(const Hash& id, uint64_t size) {
   if (have >= size) have = 0;
   int fd = ::open(part.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) {
-    set_error(part + ": " + strerror(errno));
+    set_error(Trouble::Applying, part + ": " + strerror(errno));
     return false;
   }
   auto dl = std::make_shared<StagedDownload>();
@@ -747,7 +761,7 @@ bool FilesetClient::download_large(const Hash& id, uint64_t size) {
     if (it == large_.end()) return;
     if (d.write_error != 0) {
       large_.erase(it);
-      set_error(part + ": " + uv_strerror(d.write_error));
+      set_error(Trouble::Applying, part + ": " + uv_strerror(d.write_error));
       return lost("cannot write " + part + ": " + uv_strerror(d.write_error));
     }
     if (!d.response_status) {
@@ -895,7 +909,7 @@ void FilesetClient::apply(std::unique_ptr<Batch> batch) {
       // full disk, for one, clears up).
       log_error("fileset '{}': applying stopped at record {}: {}", config_.name, b.applied_upto + 1,
                 b.error);
-      set_error(b.error);
+      set_error(Trouble::Applying, b.error);
       // The batch fetched meanwhile comes after this one's remainder.
       requeue_fetching();
       requeue(b, b.applied_upto);
@@ -917,7 +931,7 @@ void FilesetClient::apply(std::unique_ptr<Batch> batch) {
     }
     refetch_.clear();
     interrupted_batch_.clear();
-    if (b.skipped == 0 && last_error_.rfind("applying", 0) == 0) last_error_.clear();
+    if (b.skipped == 0) clear_error(Trouble::Applying);
     log_debug(
         "fileset '{}': applied records up to {} ({} records: fetched in {:.0f} ms; staging "
         "{:.0f} ms, applying {:.0f} ms, syncfs {:.0f} ms, index {:.0f} ms)",
@@ -1071,36 +1085,36 @@ void FilesetClient::upload_next(std::shared_ptr<UploadPlan> plan) {
                          "&size=" + std::to_string(u.size);
   uint64_t gen = generation_;
   auto alive = std::weak_ptr<bool>(alive_);
-  session_->send(
-      request_head("PUT", endpoint), std::move(piece),
-      collect([this, gen, alive, plan](Status s, int status, HttpResponseHead& head,
-                                       std::string& body) {
-        if (alive.expired() || gen != generation_) return;
-        if (!s) {
-          reintegrating_ = false;
-          return lost(s.error().message);
-        }
-        const auto& up = plan->uploads[plan->next];
-        uint64_t at = 0;
-        if (auto o = head.headers.get("X-Intersync-Offset")) {
-          std::from_chars(o->data(), o->data() + o->size(), at);
-        }
-        if (status == 200 || status == 409) {
-          // 409: the server has a different amount already (a resumed
-          // upload); continue from where it stands.
-          if (status == 200 && at > plan->offset) bytes_sent_ += at - plan->offset;
-          plan->offset = at;
-          if (plan->offset >= up.size || body == "complete\n") {
-            ++plan->next;
-            plan->offset = 0;
-          }
-          return upload_next(plan);
-        }
-        reintegrating_ = false;
-        set_error("upload of " + up.path + " answered " + std::to_string(status) + ": " + body);
-        log_error("fileset '{}': {}", config_.name, last_error_);
-        retry_timer_.start(5000, [this] { reintegrate(); });
-      }));
+  session_->send(request_head("PUT", endpoint), std::move(piece),
+                 collect([this, gen, alive, plan](Status s, int status, HttpResponseHead& head,
+                                                  std::string& body) {
+                   if (alive.expired() || gen != generation_) return;
+                   if (!s) {
+                     reintegrating_ = false;
+                     return lost(s.error().message);
+                   }
+                   const auto& up = plan->uploads[plan->next];
+                   uint64_t at = 0;
+                   if (auto o = head.headers.get("X-Intersync-Offset")) {
+                     std::from_chars(o->data(), o->data() + o->size(), at);
+                   }
+                   if (status == 200 || status == 409) {
+                     // 409: the server has a different amount already (a resumed
+                     // upload); continue from where it stands.
+                     if (status == 200 && at > plan->offset) bytes_sent_ += at - plan->offset;
+                     plan->offset = at;
+                     if (plan->offset >= up.size || body == "complete\n") {
+                       ++plan->next;
+                       plan->offset = 0;
+                     }
+                     return upload_next(plan);
+                   }
+                   reintegrating_ = false;
+                   std::string answer = server_answer(status, body);
+                   set_error(Trouble::Reintegrating, "upload of " + up.path + " " + answer);
+                   log_error("fileset '{}': {}", config_.name, last_error_);
+                   retry_timer_.start(5000, [this] { reintegrate(); });
+                 }));
 }
 
 void FilesetClient::send_reintegrate(std::shared_ptr<UploadPlan> plan) {
@@ -1121,7 +1135,7 @@ void FilesetClient::send_reintegrate(std::shared_ptr<UploadPlan> plan) {
         reintegrating_ = false;
         if (!s) return lost(s.error().message);
         if (status != 200) {
-          set_error("reintegrate answered " + std::to_string(status) + ": " + body);
+          set_error(Trouble::Reintegrating, "reintegrate " + server_answer(status, body));
           log_error("fileset '{}': {}", config_.name, last_error_);
           retry_timer_.start(5000, [this] { reintegrate(); });
           return;
@@ -1133,7 +1147,7 @@ void FilesetClient::send_reintegrate(std::shared_ptr<UploadPlan> plan) {
 void FilesetClient::on_reintegrated(std::shared_ptr<UploadPlan> plan, const std::string& body) {
   auto answer = nlohmann::json::parse(body, nullptr, false);
   if (answer.is_discarded() || !answer.contains("results")) {
-    set_error("reintegrate answer is not valid JSON");
+    set_error(Trouble::Reintegrating, "reintegrate answer is not valid JSON");
     return;
   }
   std::vector<std::string> resend, resend_content;
@@ -1187,7 +1201,11 @@ void FilesetClient::on_reintegrated(std::shared_ptr<UploadPlan> plan, const std:
   reintegrated_ = plan->last;
   index_->set_meta("reintegrated", std::to_string(reintegrated_));
   index_->set_meta("conflicts", json_text(conflicts_));
-  if (Status s = index_->commit(); !s) set_error(s.error().message);
+  if (Status s = index_->commit(); !s) {
+    set_error(Trouble::Reintegrating, s.error().message);
+  } else {
+    clear_error(Trouble::Reintegrating);
+  }
   log_info("fileset '{}': reintegrated local records up to {} ({} accepted, {} conflicts)",
            config_.name, reintegrated_, accepted, conflicts);
   for (const auto& path : resend) {

@@ -132,7 +132,11 @@ class FilesetClient : public BackendHost {
   // Answers every fetch, pin and evict still waiting with an error.
   void fail_on_demand(const std::string& why);
   void save_pins();
-  void set_error(const std::string& e);
+  // The work that failed last; the status shows its error until the same
+  // work succeeds (or, for the connection, until the next connect).
+  enum class Trouble { Connection, Applying, Reintegrating };
+  void set_error(Trouble trouble, const std::string& e);
+  void clear_error(Trouble trouble);
 
   uv_loop_t* loop_;
   FilesetConfig config_;
@@ -176,6 +180,7 @@ class FilesetClient : public BackendHost {
   uint64_t disconnected_since_ = 0;  // unix seconds
   UvTimer retry_timer_;
   std::string last_error_;
+  Trouble trouble_ = Trouble::Connection;
   uint64_t bytes_received_ = 0;
   uint64_t bytes_sent_ = 0;
   uint64_t pending_bytes_ = 0;  // content bytes the current batch still needs

@@ -214,7 +214,9 @@ nlohmann::json FilesetServer::status() const {
   j["pending_changes"] = tracker_ ? tracker_->pending() : 0;
   j["long_polls"] = waiters_.size();
   j["bytes_served"] = bytes_served_;
-  j["last_error"] = tracker_ ? tracker_->last_error() : std::string();
+  j["last_error"] = !upload_error_.empty() ? upload_error_
+                    : tracker_             ? tracker_->last_error()
+                                           : std::string();
   j["conflicts"] = reintegrator_ ? reintegrator_->conflicts().size() : 0;
   return j;
 }
@@ -249,7 +251,7 @@ void FilesetServer::handle(const std::string& endpoint, const ParsedTarget& targ
     return serve_manifest(endpoint.substr(9), writer);
   }
   if (endpoint.rfind("upload/", 0) == 0 && (method == "PUT" || method == "HEAD")) {
-    return serve_upload(endpoint.substr(7), target, request, writer);
+    return serve_upload(endpoint.substr(7), target, request, client, writer);
   }
   if (endpoint == "reintegrate" && method == "POST") {
     return serve_reintegrate(request, client, writer);
@@ -482,7 +484,8 @@ void FilesetServer::stream_entry(const std::string& path, const FileState& st,
 }
 
 void FilesetServer::serve_upload(const std::string& hex, const ParsedTarget& t,
-                                 HttpRequest& request, std::shared_ptr<ResponseWriter> w) {
+                                 HttpRequest& request, const std::string& client,
+                                 std::shared_ptr<ResponseWriter> w) {
   Hash id;
   if (!hash_from_hex(hex, &id)) return respond(*w, 400, "bad content id\n");
   std::string done = dir_.tmp + "/up-" + hash_hex(id);
@@ -514,12 +517,19 @@ void FilesetServer::serve_upload(const std::string& hex, const ParsedTarget& t,
   int e = errno;
   if (fd >= 0) ::close(fd);
   if (n != static_cast<ssize_t>(request.body.size())) {
-    log_error("fileset '{}': upload to {} failed: {}", config_.name, part, strerror(e));
+    upload_error_ = fmt::format("storing an upload from {} failed: {}", client, strerror(e));
+    log_error("fileset '{}': {} ({})", config_.name, upload_error_, part);
     return respond(*w, e == ENOSPC ? 507 : 500,
                    std::string("upload failed: ") + strerror(e) + "\n");
   }
-  if (*offset + request.body.size() == *size && ::rename(part.c_str(), done.c_str()) != 0) {
-    return respond(*w, 500, "upload: cannot complete\n");
+  if (*offset + request.body.size() == *size) {
+    if (::rename(part.c_str(), done.c_str()) != 0) {
+      upload_error_ =
+          fmt::format("completing an upload from {} failed: {}", client, strerror(errno));
+      log_error("fileset '{}': {} ({})", config_.name, upload_error_, part);
+      return respond(*w, 500, "upload: cannot complete\n");
+    }
+    upload_error_.clear();
   }
   h.set("X-Intersync-Offset", std::to_string(*offset + request.body.size()));
   respond(*w, 200, "ok\n", "text/plain", std::move(h));

@@ -68,7 +68,7 @@ class FilesetServer : public BackendHost {
                   std::shared_ptr<ResponseWriter> w);
   void serve_manifest(const std::string& hex, std::shared_ptr<ResponseWriter> w);
   void serve_upload(const std::string& hex, const ParsedTarget& t, HttpRequest& request,
-                    std::shared_ptr<ResponseWriter> w);
+                    const std::string& client, std::shared_ptr<ResponseWriter> w);
   void serve_reintegrate(HttpRequest& request, const std::string& client,
                          std::shared_ptr<ResponseWriter> w);
   void stream_entry(const std::string& path, const FileState& st, const HttpRequestHead& head,
@@ -91,6 +91,10 @@ class FilesetServer : public BackendHost {
   std::list<std::shared_ptr<Waiter>> waiters_;
   UvTimer upload_sweep_timer_;
   uint64_t bytes_served_ = 0;
+  // Why the last upload could not be stored (a full disk, say); cleared by
+  // the next upload that completes. Shown in the status before the
+  // tracker's error.
+  std::string upload_error_;
   IgnoreRules ignore_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

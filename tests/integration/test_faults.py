@@ -1,7 +1,8 @@
 """Fault injection with real daemons: kill -9 in the middle of a two-way
 workload, kill -9 at the exact moment between making the server's journal
 durable and committing its index, a network partition in the middle of a
-large download, and a client whose disk fills up. Every wait is on a
+large download, a client whose disk fills up, and a server whose disk fills
+up while a write-back client reintegrates. Every wait is on a
 condition with a deadline; the only sleeps are bounded pacing of the
 synthetic workload."""
 
@@ -574,7 +575,8 @@ def test_full_disk_on_client(cluster, tmp_path):
         for name, data in contents.items():
             assert (root / name).read_bytes() == data
         wait_for(lambda: client.fileset(FSET)["records_pending"] == 0, what="nothing pending")
-        print(f"after remount: last_error {client.fileset(FSET)['last_error']!r}")
+        # The trouble is over, and the status says so.
+        assert client.fileset(FSET)["last_error"] == ""
     finally:
         try:
             cluster.stop()
@@ -582,3 +584,55 @@ def test_full_disk_on_client(cluster, tmp_path):
             cluster.clients.clear()
             cluster.server = None
             run("umount", "-l", str(small), check=False)
+
+
+# --------------------------------------------------------------------------
+# 5. the server's disk fills up while a write-back client reintegrates
+
+
+def test_full_disk_on_server_keeps_the_clients_changes(cluster, tmp_path):
+    r = run("mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(cluster.server_root),
+            check=False)
+    assert r.returncode == 0, f"cannot mount a tmpfs: {r.stderr.strip()}"
+    try:
+        cluster.start_server()
+        client = cluster.add_client(write_back="true")
+        cluster.wait_converged()
+        rnd = random.Random(5)
+        contents = {f"f{i:02d}.bin": rnd.randbytes(1 << 20) for i in range(20)}
+        for name, data in contents.items():
+            (client.root / name).write_bytes(data)
+
+        for d in (cluster.server, client):
+            wait_for(lambda: "No space left" in d.fileset(FSET)["last_error"], timeout=60,
+                     what=f"a 'No space left' error in the status of {d.dir.name}")
+        print(f"\nserver: {cluster.server.fileset(FSET)['last_error']!r}\n"
+              f"client: {client.fileset(FSET)['last_error']!r}")
+        assert cluster.server.proc.poll() is None, "the server exited on a full disk"
+        assert client.proc.poll() is None, "the client exited"
+        # What reached the server is complete; nothing is lost on the client.
+        for p in cluster.server_root.iterdir():
+            if p.name == ".intermezzo":
+                continue
+            assert p.name in contents, f"unexpected {p.name} on the server"
+            assert p.read_bytes() == contents[p.name], f"{p.name} is partial on the server"
+        for name, data in contents.items():
+            assert (client.root / name).read_bytes() == data, f"{name} changed on the client"
+        assert client.fileset(FSET)["local_pending"] > 0
+
+        run("mount", "-o", "remount,size=100m", str(cluster.server_root))
+        cluster.wait_converged(timeout=120)
+        for name, data in contents.items():
+            assert (cluster.server_root / name).read_bytes() == data
+        wait_for(lambda: client.fileset(FSET)["local_pending"] == 0, what="nothing pending")
+        for d in (cluster.server, client):
+            assert d.fileset(FSET)["last_error"] == "", f"{d.dir.name} still reports an error"
+        assert cluster.server.fileset(FSET)["conflicts"] == 0
+        assert not [p for p in cluster.server_root.iterdir() if is_conflict_copy(p.name)]
+    finally:
+        try:
+            cluster.stop()
+        finally:
+            cluster.clients.clear()
+            cluster.server = None
+            run("umount", "-l", str(cluster.server_root), check=False)
