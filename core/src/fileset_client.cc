@@ -1162,10 +1162,14 @@ void FilesetClient::on_reintegrated(std::shared_ptr<UploadPlan> plan, const std:
       // journal; until then the file here is still the client's, and a
       // later change to it must not be taken as based on the server's.
       bool own = result == "accepted" || r.value("winner", "") == "client";
-      if (const FileState* st = index_->find(path); own && st && server_recno > 0) {
+      // A rename's entry is at its target here; the server's version of it
+      // is now the RENAME's (so a later change is based on that, whatever
+      // the server remembers of who made it).
+      std::string entry = r.contains("target") ? r.value("target", "") : path;
+      if (const FileState* st = index_->find(entry); own && st && server_recno > 0) {
         FileState fs = *st;
         fs.version = server_recno;
-        index_->put(path, fs);
+        index_->put(entry, fs);
       }
     }
     if (result == "conflict") {

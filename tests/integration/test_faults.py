@@ -339,9 +339,14 @@ def index_paths(db, scratch):
 def kill_at_syscall(pid, path, syscall):
     """Attaches strace to `pid` and its threads: the first `syscall` on `path`
     kills it. Returns once strace is attached."""
-    tracer = subprocess.Popen(["strace", "-f", "-p", str(pid), "-P", str(path), "-o", os.devnull,
-                               "-e", f"trace={syscall}", "-e",
-                               f"inject={syscall}:signal=SIGKILL"],
+    return attach_strace(pid, "-P", str(path), "-e", f"trace={syscall}", "-e",
+                         f"inject={syscall}:signal=SIGKILL")
+
+
+def attach_strace(pid, *args):
+    """Attaches strace with `args` to `pid` and its threads; returns once
+    every thread is traced."""
+    tracer = subprocess.Popen(["strace", "-f", "-p", str(pid), "-o", os.devnull, *args],
                               stderr=subprocess.PIPE, text=True)
     attached = []
 
@@ -412,6 +417,38 @@ def test_kill9_between_journal_and_index_journals_each_change_once(cluster, tmp_
     assert sorted(created) == sorted(set(created)), created
     assert client.fileset(FSET)["last_rcvd"] == records[-1]["recno"]
     assert "journaled but the daemon stopped before indexing" in server.log_text()
+
+
+def test_a_rename_whose_answer_a_crash_lost_is_the_base_of_the_next_change(cluster):
+    """A write-back client's RENAME is journaled by the server, which dies
+    before it commits its index (and its memory of who made the change) or
+    answers. The client sends the RENAME again and then deletes the file:
+    the delete is based on the rename, so no conflict brings the file back."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is missing: it stops the daemon at the crash point")
+    (cluster.server_root / "a.txt").write_text("a\n")
+    server = cluster.start_server()
+    client = cluster.add_client(write_back="true")
+    wait_settled(cluster, what="initial replication")
+    kml = cluster.server_root / ".intermezzo" / FSET / "kml"
+    wal = Path(f"{server.state / FSET}.db-wal")
+    tracer = kill_at_syscall(server.proc.pid, wal, "pwrite64")
+    try:
+        (client.root / "a.txt").rename(client.root / "b.txt")
+        wait_for(lambda: server.proc.poll() is not None,
+                 what="the server to be killed as it commits its index")
+    finally:
+        tracer.kill()
+        tracer.wait()
+    server.kill9()  # reaps it
+    assert kml_records(kml)[-1]["op"] == "RENAME", "the crash came before the RENAME was journaled"
+
+    cluster.start_server()
+    wait_settled(cluster, what="convergence after the restart")
+    (client.root / "b.txt").unlink()
+    wait_settled(cluster, what="the delete to travel")
+    assert not (cluster.server_root / "b.txt").exists(), "the deleted file came back"
+    assert cluster.server.fileset(FSET)["conflicts"] == 0
 
 
 # --------------------------------------------------------------------------
@@ -636,3 +673,4 @@ def test_full_disk_on_server_keeps_the_clients_changes(cluster, tmp_path):
             cluster.clients.clear()
             cluster.server = None
             run("umount", "-l", str(cluster.server_root), check=False)
+
