@@ -240,10 +240,10 @@ class RecordApplier::Impl {
           if (symlinkat(r.target.c_str(), staging_.get(), tmp.c_str()) != 0) {
             return fail(err, root_.path() + "/" + r.path, errno);
           }
-          if (int e = move_into_place(tmp, *parent, name, nullptr, must_not_replace(r.path));
-              e != 0) {
+          if (int e = move_into_place(tmp, *parent, name, r.path); e != 0) {
             unlinkat(staging_.get(), tmp.c_str(), 0);
             if (e == EEXIST) return skip(r, "created here meanwhile");
+            if (e == EBUSY || e == ENOENT) return skip(r, "changed locally meanwhile");
             if (e == EISDIR || e == ENOTEMPTY) return skip(r, "a directory is in the way");
             return fail(err, root_.path() + "/" + r.path, e);
           }
@@ -393,9 +393,10 @@ class RecordApplier::Impl {
       unlinkat(staging_.get(), tmp.c_str(), 0);
       return skip(r, "changed locally meanwhile");
     }
-    if (int e = move_into_place(tmp, dirfd, name, &installed, must_not_replace(r.path)); e != 0) {
+    if (int e = move_into_place(tmp, dirfd, name, r.path, &installed); e != 0) {
       unlinkat(staging_.get(), tmp.c_str(), 0);
       if (e == EEXIST) return skip(r, "created here meanwhile");
+      if (e == EBUSY || e == ENOENT) return skip(r, "changed locally meanwhile");
       if (e == EISDIR || e == ENOTEMPTY) return skip(r, "a directory is in the way");
       return fail(err, root_.path() + "/" + r.path, e);
     }
@@ -477,9 +478,8 @@ class RecordApplier::Impl {
     fs.nchunks = r.nchunks;
     fs.version = r.recno;
     int64_t want_mtime = int64_t(r.v_obj_new.mtime_sec) * 1000000000 + r.v_obj_new.mtime_nsec;
-    if (idx && exists && idx->content_id == r.hash && S_ISREG(st.st_mode) &&
-        static_cast<uint64_t>(st.st_size) == idx->size && mtime_ns(st) == idx->mtime_ns &&
-        st.st_ino == idx->ino && (src_->on_demand || !is_placeholder(dirfd, name))) {
+    if (idx && exists && idx->content_id == r.hash && is_indexed(st, *idx) &&
+        (src_->on_demand || !is_placeholder(dirfd, name))) {
       // Already here (a replay after a crash, or the same bytes twice), or
       // its placeholder when content comes on demand.
       if ((st.st_mode & 07777) != (r.mode & 07777))
@@ -632,19 +632,14 @@ class RecordApplier::Impl {
   // Moves staging/<tmp> to dirfd/<name>, copying it beside the target
   // first when they are on different file systems (then `*placed`, when
   // given, becomes the state of the copy).
-  // An entry the index does not know, where the applier keeps unknown
-  // entries: one a local user may be creating at this very moment.
-  bool must_not_replace(const std::string& path) const {
-    return keep_unknown && !index_.find(path);
-  }
-
-  // Renames staging/<tmp> to dirfd/<name>; with `noreplace`, EEXIST when
-  // an entry has that name (it appeared since the applier looked).
+  // Renames staging/<tmp> to dirfd/<name>, the entry `path`, copying it
+  // beside the target first when they are on different file systems (then
+  // `*placed`, when given, becomes the state of the copy). See
+  // rename_into_place for what it refuses where local users write.
   int move_into_place(const std::string& tmp, int dirfd, const std::string& name,
-                      struct stat* placed = nullptr, bool noreplace = false) {
-    unsigned flags = noreplace ? RENAME_NOREPLACE : 0;
-    if (renameat2(staging_.get(), tmp.c_str(), dirfd, name.c_str(), flags) == 0) return 0;
-    if (errno != EXDEV) return errno;
+                      const std::string& path, struct stat* placed = nullptr) {
+    int rc = rename_into_place(staging_.get(), tmp, dirfd, name, path);
+    if (rc != EXDEV) return rc;
     std::string sibling = sibling_temp_name(name);
     int in = openat(staging_.get(), tmp.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (in < 0) return errno;
@@ -652,7 +647,7 @@ class RecordApplier::Impl {
     fstat(in, &st);
     int out =
         openat(dirfd, sibling.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 07777);
-    int rc = out < 0 ? errno : 0;
+    rc = out < 0 ? errno : 0;
     for (off_t left = st.st_size; rc == 0 && left > 0;) {
       ssize_t n = copy_file_range(in, nullptr, out, nullptr, static_cast<size_t>(left), 0);
       if (n <= 0) rc = n < 0 ? errno : EIO;
@@ -666,9 +661,46 @@ class RecordApplier::Impl {
     ::close(in);
     if (out >= 0) ::close(out);
     unlinkat(staging_.get(), tmp.c_str(), 0);
-    if (rc == 0 && renameat2(dirfd, sibling.c_str(), dirfd, name.c_str(), flags) != 0) rc = errno;
+    if (rc == 0) rc = rename_into_place(dirfd, sibling, dirfd, name, path);
     if (rc != 0) unlinkat(dirfd, sibling.c_str(), 0);
     return rc;
+  }
+
+  // The rename that puts a new entry at dirfd/<name>. Where local users
+  // write too (keep_unknown), a local change made since the applier looked
+  // is never replaced: an entry the index does not know makes it fail
+  // with EEXIST (RENAME_NOREPLACE); a known file is exchanged with the new
+  // one (RENAME_EXCHANGE) and, if what came out is no longer what the index
+  // knows, exchanged back, failing with EBUSY; a file gone meanwhile fails
+  // with ENOENT. `from` is gone after a success and still there otherwise.
+  int rename_into_place(int fromdir, const std::string& from, int dirfd, const std::string& name,
+                        const std::string& path) {
+    const FileState* idx = keep_unknown ? index_.find(path) : nullptr;
+    unsigned flags = !keep_unknown                 ? 0
+                     : !idx                        ? RENAME_NOREPLACE
+                     : idx->type == FileType::File ? RENAME_EXCHANGE
+                                                   : 0;
+    if (renameat2(fromdir, from.c_str(), dirfd, name.c_str(), flags) != 0) {
+      if (flags != RENAME_EXCHANGE || (errno != EINVAL && errno != ENOSYS)) return errno;
+      // A file system without exchange: the plain rename, after one more look.
+      if (changed_here(dirfd, name, path)) return EBUSY;
+      return renameat2(fromdir, from.c_str(), dirfd, name.c_str(), 0) == 0 ? 0 : errno;
+    }
+    if (flags != RENAME_EXCHANGE) return 0;
+    struct stat was;
+    if (fstatat(fromdir, from.c_str(), &was, AT_SYMLINK_NOFOLLOW) == 0 && is_indexed(was, *idx)) {
+      unlinkat(fromdir, from.c_str(), 0);
+      return 0;
+    }
+    // Written (or replaced) here in the moment between the last look and the
+    // exchange: it goes back, and the new file with it to `from`.
+    if (renameat2(fromdir, from.c_str(), dirfd, name.c_str(), RENAME_EXCHANGE) != 0) {
+      int e = errno;
+      log_error("fileset '{}': {}: cannot put back the local version, which is now {}/{}: {}",
+                fset_, path, staging_dir_, from, strerror(e));
+      return e;
+    }
+    return EBUSY;
   }
 
   // True if `name` in `dirfd` differs from the index: created, written,
@@ -680,8 +712,13 @@ class RecordApplier::Impl {
     if (!idx) return fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
     if (idx->type != FileType::File) return false;
     if (fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return errno == ENOENT;
-    return !(S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == idx->size &&
-             mtime_ns(st) == idx->mtime_ns && st.st_ino == idx->ino);
+    return !is_indexed(st, *idx);
+  }
+
+  // True if `st` is the file `idx` describes, unwritten since.
+  static bool is_indexed(const struct stat& st, const FileState& idx) {
+    return S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == idx.size &&
+           mtime_ns(st) == idx.mtime_ns && st.st_ino == idx.ino;
   }
 
   // True if the entry the record is about already has a later server

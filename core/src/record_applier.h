@@ -97,9 +97,12 @@ class RecordApplier {
   // Paths the applier must leave alone (a client's changes not yet
   // reintegrated); also makes it keep files changed locally meanwhile.
   void protect(std::function<bool(const std::string&)> predicate);
-  // Never replaces a file or link the index does not know: a local user
-  // may have just created it (renameat2 RENAME_NOREPLACE closes the gap
-  // between looking and renaming). Such a record is skipped.
+  // Where local users write too: never replaces a file or link the index
+  // does not know (a local user may have just created it), nor a known
+  // file written or removed here since the index saw it. renameat2 closes
+  // the gap between looking and renaming: RENAME_NOREPLACE for unknown
+  // entries; RENAME_EXCHANGE for known files, with the displaced file
+  // checked and put back if it changed. Such a record is skipped.
   void keep_unknown_entries();
   const std::string& staging_dir() const;
 

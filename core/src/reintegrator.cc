@@ -329,11 +329,12 @@ Reintegrator::Outcome Reintegrator::content(KmlRecord& r, const std::string& cli
     bool restored = !cur && base != 0 && !successor(r.path, client, base);
     std::string why;
     if (!apply_record(r, &why)) {
-      if (!cur && !again) {
-        // A user here created the file since reconcile_now() looked: it
-        // is journaled now, and both versions are judged again.
+      if (!again) {
+        // A user here created, wrote or removed the file since
+        // reconcile_now() looked (the applier never replaces such a
+        // change): it is journaled now, and both versions are judged again.
         tracker_.reconcile_now(r.path);
-        if (index_.find(r.path)) return content(r, client, host, true);
+        return content(r, client, host, true);
       }
       return {"superseded", 0, why, ""};
     }

@@ -674,3 +674,61 @@ def test_full_disk_on_server_keeps_the_clients_changes(cluster, tmp_path):
             cluster.server = None
             run("umount", "-l", str(cluster.server_root), check=False)
 
+
+# --------------------------------------------------------------------------
+# 6. a local write in the very moment a server update is put in place
+
+SYS_RENAMEAT, SYS_RENAMEAT2 = 264, 316  # x86_64; glibc's renameat2 without flags is renameat
+
+
+def renaming_to(pid, name):
+    """True if a thread of `pid` is stopped at the entry of renameat(2) or
+    renameat2(2) whose new name is `name` (read from the process's memory)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "syscall").read_text().split()
+        except OSError:
+            continue
+        if not fields or fields[0] not in (str(SYS_RENAMEAT), str(SYS_RENAMEAT2)):
+            continue
+        with open(f"/proc/{pid}/mem", "rb") as mem:
+            mem.seek(int(fields[4], 16))
+            if mem.read(len(name) + 1) == name.encode() + b"\0":
+                return True
+    return False
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_local_write_while_an_update_is_put_in_place_is_kept(cluster, side):
+    """A write-back client puts a server update in place, or the server a
+    client's: a local user writes the file in the moment between the
+    daemon's last look at it and its rename. Both versions must survive."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is missing: it holds the daemon at the rename")
+    (cluster.server_root / "doc.txt").write_text("v1\n")
+    cluster.start_server()
+    client = cluster.add_client(write_back="true")
+    wait_settled(cluster, what="initial replication")
+    here, there = (client, cluster.server) if side == "client" else (cluster.server, client)
+    here_root = client.root if side == "client" else cluster.server_root
+    there_root = cluster.server_root if side == "client" else client.root
+
+    # Every rename of this side waits at its entry until strace lets go.
+    tracer = attach_strace(here.proc.pid, "-e", "trace=renameat,renameat2", "-e",
+                           "inject=renameat,renameat2:delay_enter=60000000")
+    try:
+        (there_root / "doc.txt").write_text("the other side's v2\n")
+        # This side compared doc.txt with its index and is about to put v2
+        # in place: a user writes the file (in place, same inode) right now.
+        wait_for(lambda: renaming_to(here.proc.pid, "doc.txt"),
+                 what=f"the {side} to be renaming v2 into place")
+        (here_root / "doc.txt").write_text("the local edit\n")
+    finally:
+        tracer.terminate()
+        tracer.wait()
+
+    wait_settled(cluster, what="convergence after the conflict")
+    for root in (cluster.server_root, client.root):
+        texts = sorted(p.read_text() for p in root.iterdir() if p.name.startswith("doc"))
+        assert texts == ["the local edit\n", "the other side's v2\n"], (root, texts)
+    assert cluster.server.fileset(FSET)["conflicts"] == 1
