@@ -958,8 +958,8 @@ void Izofs::read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info* 
 }
 
 void Izofs::note_write(OpenFile& file) {
-  if (file.opener.replicator || file.writes_unseen || file.written.load(std::memory_order_acquire))
-    return;
+  if (file.opener.replicator || file.writes_unseen) return;
+  if (file.written.load(std::memory_order_acquire)) return;
   std::lock_guard lock(file.mutex);
   if (file.written.load(std::memory_order_relaxed)) return;
   fstat(file.fd(), &file.before_write);

@@ -16,7 +16,7 @@
 // Backing ids come from an ioctl on /dev/fuse, which needs CAP_SYS_ADMIN.
 #pragma once
 
-#include <fuse_lowlevel.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include <atomic>
