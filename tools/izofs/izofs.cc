@@ -216,12 +216,10 @@ int mount_and_serve(struct fuse_args* args, const fuse_cmdline_opts& opts, const
   int rc = 1;
   if (fuse_set_signal_handlers(se) == 0) {
     if (fuse_session_mount(se, opts.mountpoint) == 0) {
-      // The session's I/O is izofs's from the first request (INIT) on, on
-      // the /dev/fuse descriptor the mount opened (libfuse closes it as
-      // before).
-      if (config.passthrough &&
-          fuse_session_custom_io(se, &izofs::Izofs::session_io(), fuse_session_fd(se)) != 0) {
-        refuse("the FUSE session's I/O could not be set up for passthrough");
+      // From the first request (INIT) on, on the /dev/fuse descriptor the
+      // mount opened (libfuse closes it as before).
+      if (int err = (*fs)->take_session_io(se); err != 0) {
+        refuse(fmt::format("the FUSE session's I/O for passthrough: {}", strerror(-err)));
       } else {
         widen_readahead(opts.mountpoint);
         fuse_daemonize(opts.foreground);

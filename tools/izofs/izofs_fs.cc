@@ -13,6 +13,7 @@
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/utsname.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -90,6 +91,14 @@ uint32_t file_generation(int fd) {
 
 bool has_absent_xattr(const char* path) {
   return getxattr(path, kAbsentXattr, nullptr, 0) >= 0;
+}
+
+// FUSE passthrough came with Linux 6.9.
+bool kernel_may_offer_passthrough() {
+  struct utsname name;
+  int major = 0, minor = 0;
+  return uname(&name) == 0 && sscanf(name.release, "%d.%d", &major, &minor) == 2 &&
+         (major > 6 || (major == 6 && minor >= 9));
 }
 
 // The kernel registers backing files for passthrough only for a process
@@ -407,17 +416,17 @@ void Izofs::init(struct fuse_conn_info* conn) {
   // (and the kernel allows no passthrough with it).
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
 
-  const char* why_not = !config_.passthrough            ? "-o no_passthrough"
-                        : !passthrough_.offered()       ? "the kernel offers no FUSE passthrough"
-                        : !may_register_backing_files() ? "passthrough needs CAP_SYS_ADMIN"
-                                                        : nullptr;
+  const char* why_not = no_passthrough_reason_    ? no_passthrough_reason_
+                        : !passthrough_.offered() ? "the kernel offers no FUSE passthrough"
+                                                  : nullptr;
   if (why_not) {
     intersync::log_info("izofs: file data goes through izofs ({})", why_not);
     return;
   }
   passthrough_.enable(true);
-  // Requests are read, never spliced, for the passthrough session I/O to
-  // see every OPEN and CREATE; with passthrough no WRITE comes to splice.
+  // Every OPEN and CREATE must come through the session I/O's read: no
+  // request spliced in (libfuse 3.14 splices none with izofs's I/O, but
+  // may not always); with passthrough no WRITE comes to splice anyway.
   conn->want &= ~FUSE_CAP_SPLICE_READ;
   intersync::log_info("izofs: file data goes straight to the backing files (kernel passthrough)");
 }
@@ -1427,6 +1436,16 @@ const fuse_lowlevel_ops& Izofs::operations() {
   return ops;
 }
 
+int Izofs::take_session_io(struct fuse_session* se) {
+  no_passthrough_reason_ = !config_.passthrough ? "-o no_passthrough"
+                           : !kernel_may_offer_passthrough()
+                               ? "the kernel offers no FUSE passthrough: Linux 6.9 and later do"
+                           : !may_register_backing_files() ? "passthrough needs CAP_SYS_ADMIN"
+                                                           : nullptr;
+  if (no_passthrough_reason_) return 0;
+  return fuse_session_custom_io(se, &session_io(), fuse_session_fd(se));
+}
+
 const fuse_custom_io& Izofs::session_io() {
   static const fuse_custom_io io = [] {
     fuse_custom_io io{};
@@ -1436,8 +1455,9 @@ const fuse_custom_io& Izofs::session_io() {
     io.writev = [](int fd, struct iovec* iov, int count, void* userdata) {
       return static_cast<Izofs*>(userdata)->passthrough_.send(fd, iov, count);
     };
-    // Answers to READ (without passthrough) are still spliced from the
-    // backing file; requests are never spliced in, see init().
+    // Answers to READ (when the kernel turns out not to offer passthrough)
+    // are still spliced from the backing file. Requests are read, never
+    // spliced in: libfuse 3.14 splices them only through splice_receive.
     io.splice_send = [](int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len,
                         unsigned int flags,
                         void*) { return splice(fd_in, off_in, fd_out, off_out, len, flags); };

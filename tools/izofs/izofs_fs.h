@@ -70,9 +70,12 @@ class Izofs {
   static intersync::Result<std::unique_ptr<Izofs>> create(const IzofsConfig& config);
   // The operations table; the session's userdata must be the Izofs.
   static const fuse_lowlevel_ops& operations();
-  // The session's I/O (for fuse_session_custom_io, after mounting), which
-  // kernel passthrough needs; the session's userdata must be the Izofs.
-  static const fuse_custom_io& session_io();
+  // Takes over the I/O of the mounted session `se` when passthrough may be
+  // used: not -o no_passthrough, Linux 6.9 or later, CAP_SYS_ADMIN. The
+  // session's userdata must be the Izofs. Otherwise libfuse keeps its own,
+  // which also splices requests in (libfuse reads them when the I/O is
+  // izofs's). 0, or -errno.
+  int take_session_io(struct fuse_session* se);
 
   // Starts the threads that make records durable within a second and keep
   // the inodes within the descriptor budget (after fuse_daemonize, which
@@ -124,6 +127,9 @@ class Izofs {
 
  private:
   Izofs(const IzofsConfig& config, intersync::UniqueFd root, const struct stat& root_st);
+
+  // The session I/O of kernel passthrough (kernel_passthrough.h).
+  static const fuse_custom_io& session_io();
 
   Caller caller_of(fuse_req_t req);
   // The path of the object `fd` refers to, relative to the backing root
@@ -205,6 +211,8 @@ class Izofs {
   const IzofsConfig config_;
   const bool as_root_;  // izofs runs as root: new objects are given to their creators
   KernelPassthrough passthrough_;
+  // Why passthrough is out of the question before INIT, if it is.
+  const char* no_passthrough_reason_ = nullptr;
   std::atomic<bool> told_no_backing_file_{false};  // logged once
   // Guards Inode::unseen_writers and their OpenFile::before_write.
   std::mutex unseen_writes_mutex_;
