@@ -7,13 +7,19 @@ user.intersync.* xattrs, the registered replicator); data on demand with a
 stand-in daemon on a unix socket; `mount -t fuse.izofs`. Every mount is
 unmounted with `fusermount3 -u` whatever happens, and izofs must then exit
 0 with no sanitizer report (the ASan build runs these same tests).
+
+The tests that take the `mount` fixture run twice: as izofs starts by
+default (file data by kernel passthrough when root on Linux 6.9 and later)
+and with `-o no_passthrough` (file data through izofs).
 """
 
 import errno
 import hashlib
 import json
 import os
+import mmap
 import queue
+import re
 import resource
 import stat
 import subprocess
@@ -29,6 +35,11 @@ from conftest import BUILD, KMLPRINT, wait_for
 IZOFS = BUILD / "tools" / "izofs" / "izofs"
 FSET = "docs"
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+# FUSE passthrough came with Linux 6.9, and the kernel gives backing files
+# only to CAP_SYS_ADMIN.
+PASSTHROUGH_POSSIBLE = (
+    os.geteuid() == 0
+    and tuple(int(n) for n in re.match(r"(\d+)\.(\d+)", os.uname().release).groups()) >= (6, 9))
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"),
                                 reason="/dev/fuse is missing: FUSE cannot mount here")
@@ -102,6 +113,17 @@ class Mount:
     def log_text(self):
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def file_data_line(self):
+        """The line izofs logs at INIT: how file data goes."""
+        found = []
+        wait_for(lambda: found.extend(re.findall(r"izofs: file data goes .*", self.log_text()))
+                 or found, timeout=10, what="izofs to say how file data goes")
+        return found[0]
+
+    @property
+    def passthrough(self):
+        return "(kernel passthrough)" in self.file_data_line()
+
     def records(self):
         r = subprocess.run([str(KMLPRINT), "--json", str(self.kml)], capture_output=True,
                            text=True, timeout=30)
@@ -119,9 +141,10 @@ class Mount:
         return self.mnt / rel
 
 
-@pytest.fixture
-def mount(tmp_path):
-    m = Mount(tmp_path).start()
+@pytest.fixture(params=["default", "no_passthrough"])
+def mount(request, tmp_path):
+    options = ["-o", "no_passthrough"] if request.param == "no_passthrough" else []
+    m = Mount(tmp_path, options=options).start()
     try:
         yield m
     finally:
@@ -277,7 +300,9 @@ def test_open_trunc_and_one_close_per_written_handle(mount):
     assert r[1]["new"]["size"] == 2
 
     # Two handles written, one opened for writing but never written, one
-    # read: a CLOSE for each written handle only.
+    # read: a CLOSE for each written handle only. With passthrough izofs
+    # does not see which handle wrote: the first close of a handle open
+    # for writing tells the change, once.
     a = os.open(mount.p("f"), os.O_WRONLY)
     b = os.open(mount.p("f"), os.O_RDWR | os.O_APPEND)
     idle = os.open(mount.p("f"), os.O_WRONLY)
@@ -289,8 +314,19 @@ def test_open_trunc_and_one_close_per_written_handle(mount):
         os.close(fd)
     assert mount.p("f").read_bytes() == b"132"
     r = mount.new_records()
-    assert ops(r) == ["CLOSE", "CLOSE"]
-    assert [x["new"]["size"] for x in r] == [3, 3]
+    if mount.passthrough:
+        assert ops(r) == ["CLOSE"]
+        assert r[0]["new"]["size"] == 3 and r[0]["old"]["size"] == 2
+    else:
+        assert ops(r) == ["CLOSE", "CLOSE"]
+        assert [x["new"]["size"] for x in r] == [3, 3]
+
+    # Opened for writing, changed only by a SETATTR through the mount
+    # (`touch` opens for writing): no CLOSE, in both ways.
+    fd = os.open(mount.p("f"), os.O_WRONLY)
+    os.chmod(mount.p("f"), 0o640)
+    os.close(fd)
+    assert ops(mount.new_records()) == ["SETATTR"]
 
     # ftruncate through a handle is a SETATTR; its writes a CLOSE at close.
     fd = os.open(mount.p("f"), os.O_RDWR)
@@ -334,6 +370,76 @@ def test_large_files_cross_whole_in_both_directions(mount):
             os.close(fd)
     r = mount.new_records()
     assert ops(r) == ["CLOSE"] and r[0]["new"]["size"] == len(data)
+
+
+def test_file_data_way_is_said_at_the_start(mount):
+    line = mount.file_data_line()
+    if "no_passthrough" in mount.options:
+        assert "through izofs (-o no_passthrough)" in line
+    elif PASSTHROUGH_POSSIBLE:
+        assert mount.passthrough, line
+    else:
+        assert "through izofs" in line
+
+
+def test_data_written_and_mapped_is_journaled_and_reads_back(mount):
+    """Written with write(2), then through a shared mapping: each time a
+    CLOSE with the new size at close, and the same bytes through the mount
+    and in the backing directory."""
+    data = os.urandom(3 * 2**20 + 17)
+    write_file(mount.p("w.bin"), data)
+    r = mount.new_records()
+    assert ops(r) == ["CREATE", "CLOSE"] and r[1]["new"]["size"] == len(data)
+    assert mount.p("w.bin").read_bytes() == data
+    assert (mount.backing / "w.bin").read_bytes() == data
+
+    patch = os.urandom(3000)  # across the old end of the file
+    fd = os.open(mount.p("w.bin"), os.O_RDWR)
+    try:
+        os.ftruncate(fd, len(data) + 4096)
+        with mmap.mmap(fd, len(data) + 4096) as m:
+            m[len(data) - 100:len(data) - 100 + len(patch)] = patch
+    finally:
+        os.close(fd)
+    expected = data[:-100] + patch + bytes(4096 + 100 - len(patch))
+    assert len(expected) == len(data) + 4096
+    r = mount.new_records()
+    assert ops(r) == ["SETATTR", "CLOSE"] and r[1]["new"]["size"] == len(expected)
+    assert mount.p("w.bin").read_bytes() == expected
+    assert (mount.backing / "w.bin").read_bytes() == expected
+    assert os.stat(mount.p("w.bin")).st_size == len(expected)
+
+
+@pytest.mark.skipif(not PASSTHROUGH_POSSIBLE,
+                    reason="FUSE passthrough needs Linux 6.9 and root")
+def test_file_data_goes_straight_to_the_backing_file(tmp_path):
+    """With passthrough the mount's pages are the backing file's own: what
+    a mapping of the mount holds is in the backing file before any msync,
+    and a change beside the mount reads at once through an open handle."""
+    m = Mount(tmp_path).start()
+    try:
+        assert m.passthrough, m.file_data_line()
+        write_file(m.p("f"), b"a" * 8192)
+        fd = os.open(m.p("f"), os.O_RDWR)
+        try:
+            assert os.pread(fd, 4, 0) == b"aaaa"
+            with mmap.mmap(fd, 8192) as mapped:
+                mapped[0:4] = b"MMAP"
+                assert (m.backing / "f").read_bytes()[:4] == b"MMAP"
+            with open(m.backing / "f", "r+b") as beside:
+                beside.seek(4096)
+                beside.write(b"SIDE")
+            assert os.pread(fd, 4, 4096) == b"SIDE"
+        finally:
+            os.close(fd)
+        # Python's mmap holds a duplicate of the descriptor, whose close
+        # (a FLUSH) tells the write through the mapping.
+        r = m.new_records()
+        assert ops(r) == ["CREATE", "CLOSE", "CLOSE", "CLOSE"]
+        assert r[2]["old"] == r[1]["new"] and r[3]["old"] == r[2]["new"]
+        assert r[3]["new"]["size"] == 8192
+    finally:
+        m.stop()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root may set a mount's readahead")

@@ -6,7 +6,9 @@ namespace izofs {
 
 using intersync::UniqueFd;
 
-InodeTable::InodeTable(UniqueFd root, const struct stat& st) {
+InodeTable::InodeTable(UniqueFd root, const struct stat& st,
+                       std::function<void(int32_t)> close_backing)
+    : close_backing_(std::move(close_backing)) {
   root_.fd_.store(root.release(), std::memory_order_release);
   root_.dev_ = st.st_dev;
   root_.ino_ = st.st_ino;
@@ -72,7 +74,14 @@ void InodeTable::forget(Inode& inode, uint64_t lookups) {
   if (it != by_key_.end() && it->second == &inode) by_key_.erase(it);
   owned_.erase(&inode);
   size_.store(owned_.size(), std::memory_order_relaxed);
+  drop_backing_id(inode);
   delete &inode;
+}
+
+void InodeTable::drop_backing_id(Inode& inode) {
+  if (int32_t id = inode.backing_id_.exchange(0, std::memory_order_acq_rel); id > 0) {
+    close_backing_(id);
+  }
 }
 
 void InodeTable::repoint(Inode& inode, UniqueFd fd, const struct stat& st) {
@@ -80,6 +89,9 @@ void InodeTable::repoint(Inode& inode, UniqueFd fd, const struct stat& st) {
   auto it = by_key_.find(Key{inode.dev_, inode.ino_});
   if (it != by_key_.end() && it->second == &inode) by_key_.erase(it);
   inode.retired_.emplace_back(inode.fd_.exchange(fd.release(), std::memory_order_acq_rel));
+  // Later opens are of another object (unless opens waiting for one fetch
+  // repoint it in turn): the kernel must be given its file.
+  if (Key{st.st_dev, st.st_ino} != Key{inode.dev_, inode.ino_}) drop_backing_id(inode);
   inode.dev_ = st.st_dev;
   inode.ino_ = st.st_ino;
   // When the kernel already knows the new object under another node id,

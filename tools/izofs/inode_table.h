@@ -9,6 +9,12 @@
 // remembers the name it was last looked up by and when it was last used:
 // least_recently_used() names the entries to invalidate so that the kernel
 // forgets them (see Izofs::reclaim_inodes).
+//
+// With kernel passthrough, an Inode that has been opened also holds the
+// backing id the kernel knows its backing file by, until it is forgotten
+// or repointed: every open of one FUSE inode must name the same backing
+// file while another is open (fs/fuse/iomode.c refuses a second one), and
+// the kernel looks the id up only after izofs answered the OPEN.
 #pragma once
 
 #include <fuse_lowlevel.h>
@@ -17,6 +23,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -28,6 +35,8 @@
 
 namespace izofs {
 
+class OpenFile;
+
 class Inode {
  public:
   Inode() = default;
@@ -37,10 +46,21 @@ class Inode {
 
   // The O_PATH descriptor of the backing object.
   int fd() const { return fd_.load(std::memory_order_acquire); }
+  // Its backing id for passthrough opens, 0 until one is set.
+  int32_t backing_id() const { return backing_id_.load(std::memory_order_acquire); }
+  // Sets the backing id when none is set yet: false when another was.
+  bool set_backing_id(int32_t id) {
+    int32_t none = 0;
+    return backing_id_.compare_exchange_strong(none, id, std::memory_order_acq_rel);
+  }
+  // Its handles whose writes izofs does not see (passthrough), guarded by
+  // the Izofs.
+  std::vector<OpenFile*> unseen_writers;
 
  private:
   friend class InodeTable;
   std::atomic<int> fd_{-1};
+  std::atomic<int32_t> backing_id_{0};
   std::atomic<uint64_t> last_use_{0};
   // The entry the kernel last looked it up by (guarded by the table mutex).
   fuse_ino_t parent_ = 0;
@@ -55,8 +75,11 @@ class Inode {
 
 class InodeTable {
  public:
-  // `root` is an O_PATH descriptor of the backing directory.
-  InodeTable(intersync::UniqueFd root, const struct stat& st);
+  // `root` is an O_PATH descriptor of the backing directory;
+  // `close_backing` releases the backing id of an Inode forgotten or
+  // repointed.
+  InodeTable(intersync::UniqueFd root, const struct stat& st,
+             std::function<void(int32_t backing_id)> close_backing);
   ~InodeTable();
   InodeTable(const InodeTable&) = delete;
   InodeTable& operator=(const InodeTable&) = delete;
@@ -105,6 +128,9 @@ class InodeTable {
     size_t operator()(const Key& k) const { return std::hash<ino_t>()(k.ino) ^ (k.dev << 1); }
   };
 
+  void drop_backing_id(Inode& inode);
+
+  const std::function<void(int32_t)> close_backing_;
   std::atomic<uint64_t> use_clock_{1};
   std::atomic<size_t> size_{0};  // owned_.size(), readable without the mutex
   std::mutex mutex_;

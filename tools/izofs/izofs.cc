@@ -8,13 +8,22 @@
 // the replicator so that its own work is not journaled, and fetches the
 // content of placeholder files when someone opens one (data on demand).
 //
-//   izofs -o fileset=FSET[,fetch_timeout=SECS] BACKING MOUNTPOINT [FUSE options]
+// File data does not pass through izofs when the kernel can do without it
+// (FUSE passthrough, Linux 6.9 and later, izofs running as root): the
+// kernel then reads, writes and maps the backing files itself, at about
+// the backing file system's speed, and izofs journals a CLOSE when a file
+// opened for writing has changed by the time it is closed. Otherwise, or
+// with -o no_passthrough, READ and WRITE requests come to izofs, which
+// splices them to and from the backing files. izofs says at the start which
+// of the two it does.
+//
+//   izofs -o fileset=FSET[,fetch_timeout=SECS][,no_passthrough] BACKING MOUNTPOINT [FUSE options]
 //   mount -t fuse.izofs BACKING MOUNTPOINT -o fileset=FSET      (izofs on PATH)
 //
-// The file system itself is in izofs_fs.*; this file parses the command
-// line, prepares BACKING/.intermezzo/FSET/ as mkizofs does, mounts (with
-// a wider readahead when root) and runs the FUSE session until it is
-// unmounted.
+// The file system itself is in izofs_fs.*, passthrough on libfuse 3.14 in
+// kernel_passthrough.*; this file parses the command line, prepares
+// BACKING/.intermezzo/FSET/ as mkizofs does, mounts (with a wider
+// readahead when root) and runs the FUSE session until it is unmounted.
 #include <fmt/format.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -41,12 +50,14 @@ namespace {
 struct CommandLine {
   char* fileset = nullptr;
   unsigned fetch_timeout = 60;
+  int no_passthrough = 0;
   char* backing = nullptr;
 };
 
 const struct fuse_opt kOptions[] = {
     {"fileset=%s", offsetof(CommandLine, fileset), 0},
     {"fetch_timeout=%u", offsetof(CommandLine, fetch_timeout), 0},
+    {"no_passthrough", offsetof(CommandLine, no_passthrough), 1},
     FUSE_OPT_END,
 };
 
@@ -63,12 +74,15 @@ int take_backing(void* data, const char* arg, int key, struct fuse_args*) {
 
 void usage(const char* program) {
   fmt::print(
-      "usage: {} -o fileset=FSET[,fetch_timeout=SECS] BACKING MOUNTPOINT [options]\n"
+      "usage: {} -o fileset=FSET[,fetch_timeout=SECS][,no_passthrough] BACKING MOUNTPOINT "
+      "[options]\n"
       "Mounts BACKING at MOUNTPOINT and journals every change made through the mount in\n"
       "BACKING/.intermezzo/FSET/kml (created as mkizofs does when missing).\n\n"
       "    -o fileset=FSET        the fileset (required)\n"
       "    -o fetch_timeout=SECS  how long an open waits for the replicator to fetch a\n"
-      "                           placeholder's content (default 60)\n\n",
+      "                           placeholder's content (default 60)\n"
+      "    -o no_passthrough      file data through izofs even where the kernel could\n"
+      "                           read and write the backing files itself\n\n",
       program);
 }
 
@@ -191,6 +205,7 @@ int mount_and_serve(struct fuse_args* args, const fuse_cmdline_opts& opts, const
   config.backing = backing;
   config.kml = std::string(backing) + "/.intermezzo/" + cl.fileset + "/kml";
   config.fetch_timeout = std::chrono::seconds(cl.fetch_timeout);
+  config.passthrough = !cl.no_passthrough;
   auto fs = izofs::Izofs::create(config);
   if (!fs.ok()) return refuse(fs.error().message);
 
@@ -201,13 +216,19 @@ int mount_and_serve(struct fuse_args* args, const fuse_cmdline_opts& opts, const
   int rc = 1;
   if (fuse_set_signal_handlers(se) == 0) {
     if (fuse_session_mount(se, opts.mountpoint) == 0) {
-      widen_readahead(opts.mountpoint);
-      fuse_daemonize(opts.foreground);
-      (*fs)->start(se);
-      rc = run_session(se, opts) == 0 ? 0 : 1;
-      if (intersync::Status stopped = (*fs)->stop(); !stopped.ok()) {
-        intersync::log_error("izofs: {}", stopped.error().message);
-        rc = 1;
+      // From the first request (INIT) on, on the /dev/fuse descriptor the
+      // mount opened (libfuse closes it as before).
+      if (int err = (*fs)->take_session_io(se); err != 0) {
+        refuse(fmt::format("the FUSE session's I/O for passthrough: {}", strerror(-err)));
+      } else {
+        widen_readahead(opts.mountpoint);
+        fuse_daemonize(opts.foreground);
+        (*fs)->start(se);
+        rc = run_session(se, opts) == 0 ? 0 : 1;
+        if (intersync::Status stopped = (*fs)->stop(); !stopped.ok()) {
+          intersync::log_error("izofs: {}", stopped.error().message);
+          rc = 1;
+        }
       }
       fuse_session_unmount(se);
     }

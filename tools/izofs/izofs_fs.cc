@@ -6,11 +6,14 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/utsname.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -90,19 +93,54 @@ bool has_absent_xattr(const char* path) {
   return getxattr(path, kAbsentXattr, nullptr, 0) >= 0;
 }
 
+// FUSE passthrough came with Linux 6.9.
+bool kernel_may_offer_passthrough() {
+  struct utsname name;
+  int major = 0, minor = 0;
+  return uname(&name) == 0 && sscanf(name.release, "%d.%d", &major, &minor) == 2 &&
+         (major > 6 || (major == 6 && minor >= 9));
+}
+
+// The kernel registers backing files for passthrough only for a process
+// with CAP_SYS_ADMIN.
+bool may_register_backing_files() {
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3] = {};
+  if (syscall(SYS_capget, &header, data) != 0) return false;
+  return data[CAP_SYS_ADMIN / 32].effective & (1u << (CAP_SYS_ADMIN % 32));
+}
+
 }  // namespace
 
 // One open regular file.
 class OpenFile {
  public:
-  OpenFile(UniqueFd fd, const Caller& opener) : opener(opener), fd_(std::move(fd)) {}
+  OpenFile(UniqueFd fd, const Caller& opener, int open_flags, Inode& inode, int32_t backing_id)
+      : opener(opener),
+        inode(inode),
+        backing_id(backing_id),
+        writes_unseen(backing_id > 0 && (open_flags & O_ACCMODE) != O_RDONLY && !opener.replicator),
+        fd_(std::move(fd)) {
+    if (writes_unseen) fstat(fd_.get(), &before_write);
+  }
   int fd() const { return fd_.get(); }
 
   const Caller opener;  // CLOSE records carry the opener's identity
-  // Written since its last CLOSE record; `before_write` is the file as it
-  // was at the first of those writes.
+  Inode& inode;         // the kernel holds it while the file is open
+  // What the kernel reads and writes the file through by passthrough; 0
+  // when READ and WRITE requests come to izofs.
+  const int32_t backing_id;
+  // Opened for writing with passthrough: its writes (and those of a
+  // mapping) never reach izofs, which compares the file's version at
+  // FLUSH and RELEASE with `before_write` instead.
+  const bool writes_unseen;
+  // Written through izofs since its last CLOSE record.
   std::atomic<bool> written{false};
   std::mutex mutex;
+  // The file as it was at the first write since the last CLOSE record. With
+  // writes_unseen (guarded by Izofs::unseen_writes_mutex_ then): as it was
+  // at the open, at the file's last CLOSE record or after izofs's own
+  // last change of it.
   struct stat before_write = {};
 
  private:
@@ -111,8 +149,12 @@ class OpenFile {
 
 namespace {
 
+OpenFile& file_of_handle(uint64_t fh) {
+  return *reinterpret_cast<OpenFile*>(static_cast<uintptr_t>(fh));
+}
+
 OpenFile& file_of(const fuse_file_info* fi) {
-  return *reinterpret_cast<OpenFile*>(static_cast<uintptr_t>(fi->fh));
+  return file_of_handle(fi->fh);
 }
 
 // One open directory, read with readdir(3); `entry` is the entry read but
@@ -160,11 +202,14 @@ Result<std::unique_ptr<Izofs>> Izofs::create(const IzofsConfig& config) {
 Izofs::Izofs(const IzofsConfig& config, UniqueFd root, const struct stat& root_st)
     : config_(config),
       as_root_(geteuid() == 0),
+      passthrough_([](uint64_t fh) { return file_of_handle(fh).backing_id; }),
       max_inodes_(inode_budget()),
-      inodes_(std::move(root), root_st),
+      inodes_(std::move(root), root_st,
+              [this](int32_t backing_id) { passthrough_.close_backing(backing_id); }),
       fetcher_(config.fileset, config.fetch_timeout) {}
 
 void Izofs::start(struct fuse_session* se) {
+  passthrough_.set_device(fuse_session_fd(se));
   kml_.start(kMaxSyncDelay);
   reclaimer_ = std::thread([this, se] { reclaim_inodes(se); });
 }
@@ -367,8 +412,23 @@ void Izofs::init(struct fuse_conn_info* conn) {
   // bits on a file an ordinary user writes; the kernel clears them with a
   // SETATTR instead (journaled as any other).
   conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
-  // Every write must reach izofs with its handle for CLOSE to be right.
+  // Every write must reach izofs with its handle for CLOSE to be right
+  // (and the kernel allows no passthrough with it).
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+
+  const char* why_not = no_passthrough_reason_    ? no_passthrough_reason_
+                        : !passthrough_.offered() ? "the kernel offers no FUSE passthrough"
+                                                  : nullptr;
+  if (why_not) {
+    intersync::log_info("izofs: file data goes through izofs ({})", why_not);
+    return;
+  }
+  passthrough_.enable(true);
+  // Every OPEN and CREATE must come through the session I/O's read: no
+  // request spliced in (libfuse 3.14 splices none with izofs's I/O, but
+  // may not always); with passthrough no WRITE comes to splice anyway.
+  conn->want &= ~FUSE_CAP_SPLICE_READ;
+  intersync::log_info("izofs: file data goes straight to the backing files (kernel passthrough)");
 }
 
 void Izofs::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -466,6 +526,7 @@ void Izofs::do_setattr(fuse_req_t req, Inode& inode, const struct stat& attr, in
     fuse_reply_err(req, errno_or_eio());
     return;
   }
+  note_own_change(inode, before, after);
 
   uint32_t valid = intersync::kAttrCtime;
   if (to_set & FUSE_SET_ATTR_MODE) valid |= intersync::kAttrMode;
@@ -757,7 +818,7 @@ void Izofs::create(fuse_req_t req, fuse_ino_t parent_id, const char* name, mode_
     return;
   }
   fi->keep_cache = 1;
-  answer_open(req, std::move(fd), *fi, c, e);
+  answer_open(req, inodes_.at(e.ino), std::move(fd), *fi, c, e);
 }
 
 void Izofs::open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info* fi) {
@@ -812,7 +873,7 @@ void Izofs::open_inode(fuse_req_t req, Inode& inode, fuse_file_info fi, const Ca
   }
   // After a fetch the kernel may still hold the placeholder's zeros.
   fi.keep_cache = !fetched;
-  answer_open(req, std::move(fd), fi, c, entry);
+  answer_open(req, inode, std::move(fd), fi, c, entry);
 }
 
 void Izofs::fetch_then(fuse_req_t req, Inode& inode, std::function<void(fuse_req_t)> then) {
@@ -848,18 +909,56 @@ void Izofs::fetch_then(fuse_req_t req, Inode& inode, std::function<void(fuse_req
   });
 }
 
-void Izofs::answer_open(fuse_req_t req, UniqueFd fd, fuse_file_info fi, const Caller& c,
-                        const std::optional<fuse_entry_param>& entry) {
-  auto file = std::make_unique<OpenFile>(std::move(fd), c);
+void Izofs::answer_open(fuse_req_t req, Inode& inode, UniqueFd fd, fuse_file_info fi,
+                        const Caller& c, const std::optional<fuse_entry_param>& entry) {
+  // With passthrough every open of a regular file is one, the replicator's
+  // too: the kernel refuses to open an inode cached and by passthrough at
+  // once. It also refuses FOPEN_KEEP_CACHE with passthrough, and needs
+  // none: the kernel's pages are then the backing file's own.
+  const int32_t backing_id = passthrough_.enabled() ? backing_id_of(inode) : 0;
+  if (backing_id > 0) fi.keep_cache = 0;
+  auto file = std::make_unique<OpenFile>(std::move(fd), c, fi.flags, inode, backing_id);
   fi.fh = reinterpret_cast<uintptr_t>(file.get());
   // close() waits for a FLUSH only where a CLOSE record may be due.
   fi.noflush = (fi.flags & O_ACCMODE) == O_RDONLY || c.replicator;
-  int rc = entry ? fuse_reply_create(req, &*entry, &fi) : fuse_reply_open(req, &fi);
-  if (rc == 0) {
-    file.release();
-  } else if (entry) {
-    inodes_.forget(inodes_.at(entry->ino), 1);  // the caller gave up: the kernel never saw it
+  if (file->writes_unseen) {
+    std::lock_guard lock(unseen_writes_mutex_);
+    inode.unseen_writers.push_back(file.get());
   }
+  if ((entry ? fuse_reply_create(req, &*entry, &fi) : fuse_reply_open(req, &fi)) == 0) {
+    file.release();
+    return;
+  }
+  // The caller gave up: the kernel never saw the handle (nor a new entry).
+  if (file->writes_unseen) {
+    std::lock_guard lock(unseen_writes_mutex_);
+    std::erase(inode.unseen_writers, file.get());
+  }
+  if (entry) inodes_.forget(inodes_.at(entry->ino), 1);
+}
+
+int32_t Izofs::backing_id_of(Inode& inode) {
+  if (int32_t id = inode.backing_id(); id > 0) return id;
+  int32_t id = passthrough_.open_backing(inode.fd());
+  if (id == -EPERM) {
+    passthrough_.enable(false);
+    intersync::log_warn(
+        "izofs: the kernel refused a backing file (EPERM): file data goes through izofs from "
+        "now on");
+    return 0;
+  }
+  if (id <= 0) {
+    if (!told_no_backing_file_.exchange(true)) {
+      intersync::log_warn(
+          "izofs: {}: no backing file for passthrough: {}; such opens go through izofs (said "
+          "once)",
+          path_of(inode.fd()).value_or("?"), strerror(-id));
+    }
+    return 0;
+  }
+  if (inode.set_backing_id(id)) return id;
+  passthrough_.close_backing(id);  // another open of the inode set one first
+  return inode.backing_id();
 }
 
 void Izofs::read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info* fi) {
@@ -868,28 +967,45 @@ void Izofs::read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info* 
 }
 
 void Izofs::note_write(OpenFile& file) {
-  if (file.opener.replicator || file.written.load(std::memory_order_acquire)) return;
+  if (file.opener.replicator || file.writes_unseen) return;
+  if (file.written.load(std::memory_order_acquire)) return;
   std::lock_guard lock(file.mutex);
   if (file.written.load(std::memory_order_relaxed)) return;
   fstat(file.fd(), &file.before_write);
   file.written.store(true, std::memory_order_release);
 }
 
+void Izofs::note_own_change(Inode& inode, const struct stat& before, const struct stat& after) {
+  std::lock_guard lock(unseen_writes_mutex_);
+  // Journaled as what it is; a CLOSE is due only for a change before it.
+  for (OpenFile* file : inode.unseen_writers) {
+    if (version_of(file->before_write) == version_of(before)) file->before_write = after;
+  }
+}
+
 int Izofs::journal_close(OpenFile& file) {
-  if (file.opener.replicator || !file.written.load(std::memory_order_acquire)) return 0;
-  std::lock_guard lock(file.mutex);
-  if (!file.written.load(std::memory_order_relaxed)) return 0;
-  file.written.store(false, std::memory_order_relaxed);
-  struct stat now;
-  if (fstat(file.fd(), &now) != 0 || now.st_nlink == 0) return 0;  // deleted: nothing to tell
+  if (file.opener.replicator) return 0;
+  if (!file.writes_unseen && !file.written.load(std::memory_order_acquire)) return 0;
+  std::lock_guard lock(file.writes_unseen ? unseen_writes_mutex_ : file.mutex);
+  struct stat before = file.before_write, now;
+  if (file.writes_unseen) {
+    if (fstat(file.fd(), &now) != 0 || version_of(now) == version_of(before)) return 0;
+    // This CLOSE tells the change to every handle, whichever wrote it.
+    for (OpenFile* writer : file.inode.unseen_writers) writer->before_write = now;
+  } else {
+    if (!file.written.load(std::memory_order_relaxed)) return 0;
+    file.written.store(false, std::memory_order_relaxed);
+    if (fstat(file.fd(), &now) != 0) return 0;
+  }
+  if (now.st_nlink == 0) return 0;  // deleted: nothing to tell
   auto path = path_of(file.fd());
   if (!path || is_internal_path(*path)) return 0;
   KmlRecord rec = record(file.opener, KmlOp::Close);
   rec.path = *path;
-  rec.open_mode = file.before_write.st_mode;
-  rec.open_uid = file.before_write.st_uid;
-  rec.open_gid = file.before_write.st_gid;
-  rec.v_obj_old = version_of(file.before_write);
+  rec.open_mode = before.st_mode;
+  rec.open_uid = before.st_uid;
+  rec.open_gid = before.st_gid;
+  rec.v_obj_old = version_of(before);
   rec.v_obj_new = version_of(now);
   rec.ino = now.st_ino;
   rec.generation = file_generation(file.fd());
@@ -916,6 +1032,10 @@ void Izofs::flush(fuse_req_t req, struct fuse_file_info* fi) {
 void Izofs::release(fuse_req_t req, struct fuse_file_info* fi) {
   std::unique_ptr<OpenFile> file(&file_of(fi));
   journal_close(*file);
+  if (file->writes_unseen) {
+    std::lock_guard lock(unseen_writes_mutex_);
+    std::erase(file->inode.unseen_writers, file.get());
+  }
   fuse_reply_err(req, 0);
 }
 
@@ -1157,6 +1277,7 @@ void Izofs::change_xattr(fuse_req_t req, fuse_ino_t ino, const char* name, std::
   if (path && !is_internal_path(*path)) {
     struct stat after;
     fstat(inode.fd(), &after);
+    note_own_change(inode, before, after);
     KmlRecord rec = record(c, op);
     rec.path = *path;
     rec.name = name;
@@ -1313,6 +1434,36 @@ fuse_lowlevel_ops make_operations() {
 const fuse_lowlevel_ops& Izofs::operations() {
   static const fuse_lowlevel_ops ops = make_operations();
   return ops;
+}
+
+int Izofs::take_session_io(struct fuse_session* se) {
+  no_passthrough_reason_ = !config_.passthrough ? "-o no_passthrough"
+                           : !kernel_may_offer_passthrough()
+                               ? "the kernel offers no FUSE passthrough: Linux 6.9 and later do"
+                           : !may_register_backing_files() ? "passthrough needs CAP_SYS_ADMIN"
+                                                           : nullptr;
+  if (no_passthrough_reason_) return 0;
+  return fuse_session_custom_io(se, &session_io(), fuse_session_fd(se));
+}
+
+const fuse_custom_io& Izofs::session_io() {
+  static const fuse_custom_io io = [] {
+    fuse_custom_io io{};
+    io.read = [](int fd, void* buf, size_t size, void* userdata) {
+      return static_cast<Izofs*>(userdata)->passthrough_.receive(fd, buf, size);
+    };
+    io.writev = [](int fd, struct iovec* iov, int count, void* userdata) {
+      return static_cast<Izofs*>(userdata)->passthrough_.send(fd, iov, count);
+    };
+    // Answers to READ (when the kernel turns out not to offer passthrough)
+    // are still spliced from the backing file. Requests are read, never
+    // spliced in: libfuse 3.14 splices them only through splice_receive.
+    io.splice_send = [](int fd_in, off_t* off_in, int fd_out, off_t* off_out, size_t len,
+                        unsigned int flags,
+                        void*) { return splice(fd_in, off_in, fd_out, off_out, len, flags); };
+    return io;
+  }();
+  return io;
 }
 
 }  // namespace izofs

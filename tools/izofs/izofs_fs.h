@@ -1,7 +1,13 @@
 // The file system izofs serves: every request is passed through to the
-// backing directory (FUSE low-level API, one O_PATH descriptor per inode,
-// data spliced between /dev/fuse and the backing files), and every change
-// is journaled in the fileset's KML before the request is answered.
+// backing directory (FUSE low-level API, one O_PATH descriptor per inode),
+// and every change is journaled in the fileset's KML before the request is
+// answered. The data of regular files goes by kernel passthrough when the
+// kernel offers it and izofs may use it (root): the kernel reads, writes
+// and maps the backing file itself, and izofs, which sees no WRITE then,
+// journals a CLOSE when a handle opened for writing finds the file changed
+// at its FLUSH or RELEASE. Otherwise (or with -o no_passthrough) READ and
+// WRITE requests come to izofs, spliced between /dev/fuse and the backing
+// files, and each handle that wrote gets its CLOSE.
 //
 // Never journaled: anything under `.intermezzo/` (and the daemon's
 // temporary files, as everywhere in intersync: is_internal_path), xattrs
@@ -28,6 +34,7 @@
 #include "inode_table.h"
 #include "intersync/kml.h"
 #include "intersync/result.h"
+#include "kernel_passthrough.h"
 #include "replicator.h"
 #include "unique_fd.h"
 
@@ -44,6 +51,7 @@ struct IzofsConfig {
   std::string backing;  // absolute, without symlinks
   std::string kml;      // the log file
   std::chrono::seconds fetch_timeout{60};
+  bool passthrough = true;  // false: -o no_passthrough
 };
 
 // Who made a request.
@@ -62,10 +70,16 @@ class Izofs {
   static intersync::Result<std::unique_ptr<Izofs>> create(const IzofsConfig& config);
   // The operations table; the session's userdata must be the Izofs.
   static const fuse_lowlevel_ops& operations();
+  // Takes over the I/O of the mounted session `se` when passthrough may be
+  // used: not -o no_passthrough, Linux 6.9 or later, CAP_SYS_ADMIN. The
+  // session's userdata must be the Izofs. Otherwise libfuse keeps its own,
+  // which also splices requests in (libfuse reads them when the I/O is
+  // izofs's). 0, or -errno.
+  int take_session_io(struct fuse_session* se);
 
   // Starts the threads that make records durable within a second and keep
   // the inodes within the descriptor budget (after fuse_daemonize, which
-  // forks).
+  // forks), and takes the session's /dev/fuse for backing files.
   void start(struct fuse_session* se);
   // Stops them, ends waiting fetches (they fail) and makes every record
   // durable.
@@ -114,6 +128,9 @@ class Izofs {
  private:
   Izofs(const IzofsConfig& config, intersync::UniqueFd root, const struct stat& root_st);
 
+  // The session I/O of kernel passthrough (kernel_passthrough.h).
+  static const fuse_custom_io& session_io();
+
   Caller caller_of(fuse_req_t req);
   // The path of the object `fd` refers to, relative to the backing root
   // ("" for the root); nullopt once it has been deleted.
@@ -139,8 +156,12 @@ class Izofs {
   // the fetched file and runs `then` (on the fetch's thread); or answers
   // EIO, saying why in the log.
   void fetch_then(fuse_req_t req, Inode& inode, std::function<void(fuse_req_t)> then);
-  void answer_open(fuse_req_t req, intersync::UniqueFd fd, fuse_file_info fi, const Caller& c,
-                   const std::optional<fuse_entry_param>& entry);
+  void answer_open(fuse_req_t req, Inode& inode, intersync::UniqueFd fd, fuse_file_info fi,
+                   const Caller& c, const std::optional<fuse_entry_param>& entry);
+  // The backing id of `inode` for a passthrough open, registered with the
+  // kernel at its first open; 0 when there is none (the open then goes
+  // through izofs).
+  int32_t backing_id_of(Inode& inode);
   // Sets what `to_set` names, on the open file `fd` or else on the inode.
   void do_setattr(fuse_req_t req, Inode& inode, const struct stat& attr, int to_set, int fd,
                   const Caller& c);
@@ -162,6 +183,9 @@ class Izofs {
   int journal_setattr(const Caller& c, int object, uint32_t valid, const struct stat& before,
                       const struct stat& after);
   void note_write(OpenFile& file);
+  // Notes a change izofs made to `inode` itself, for journal_close to tell
+  // it from writes by passthrough.
+  void note_own_change(Inode& inode, const struct stat& before, const struct stat& after);
   int journal_close(OpenFile& file);
   // Records that make `path` (which came into view by a rename or link
   // from an internal name) exist on a replica: CREATE and CLOSE for a file,
@@ -186,6 +210,12 @@ class Izofs {
 
   const IzofsConfig config_;
   const bool as_root_;  // izofs runs as root: new objects are given to their creators
+  KernelPassthrough passthrough_;
+  // Why passthrough is out of the question before INIT, if it is.
+  const char* no_passthrough_reason_ = nullptr;
+  std::atomic<bool> told_no_backing_file_{false};  // logged once
+  // Guards Inode::unseen_writers and their OpenFile::before_write.
+  std::mutex unseen_writes_mutex_;
   const size_t max_inodes_;
   InodeTable inodes_;
   GroupCommitLog kml_;
