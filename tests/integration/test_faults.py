@@ -1,8 +1,9 @@
 """Fault injection with real daemons: kill -9 in the middle of a two-way
 workload, kill -9 at the exact moment between making the server's journal
 durable and committing its index, a network partition in the middle of a
-large download, a client whose disk fills up, and a server whose disk fills
-up while a write-back client reintegrates. Every wait is on a
+large download, a client whose disk fills up, a server whose disk fills up
+while a write-back client reintegrates, and a local write in the very moment
+the daemon puts an update in place. Every wait is on a
 condition with a deadline; the only sleeps are bounded pacing of the
 synthetic workload."""
 
