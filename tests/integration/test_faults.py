@@ -570,6 +570,17 @@ def test_partition_during_large_transfer(tmp_path):
 # 4. the client's disk fills up
 
 
+def stop_and_unmount(cluster, mountpoint):
+    """Stops every daemon of the cluster, then unmounts the small file
+    system a test gave one of them."""
+    try:
+        cluster.stop()
+    finally:
+        cluster.clients.clear()
+        cluster.server = None
+        run("umount", "-l", str(mountpoint), check=False)
+
+
 def test_full_disk_on_client(cluster, tmp_path):
     small = tmp_path / "small"
     small.mkdir()
@@ -616,12 +627,7 @@ def test_full_disk_on_client(cluster, tmp_path):
         # The trouble is over, and the status says so.
         assert client.fileset(FSET)["last_error"] == ""
     finally:
-        try:
-            cluster.stop()
-        finally:
-            cluster.clients.clear()
-            cluster.server = None
-            run("umount", "-l", str(small), check=False)
+        stop_and_unmount(cluster, small)
 
 
 # --------------------------------------------------------------------------
@@ -668,12 +674,7 @@ def test_full_disk_on_server_keeps_the_clients_changes(cluster, tmp_path):
         assert cluster.server.fileset(FSET)["conflicts"] == 0
         assert not [p for p in cluster.server_root.iterdir() if is_conflict_copy(p.name)]
     finally:
-        try:
-            cluster.stop()
-        finally:
-            cluster.clients.clear()
-            cluster.server = None
-            run("umount", "-l", str(cluster.server_root), check=False)
+        stop_and_unmount(cluster, cluster.server_root)
 
 
 # --------------------------------------------------------------------------

@@ -82,13 +82,19 @@ struct Fixture {
   }
 };
 
-TEST_CASE("a file renamed, then its directory, each event seen after both moves") {
-  Fixture f;
+// big/data.bin journaled, then renamed to big/renamed.bin and big to moved,
+// before the tracker hears of either.
+void rename_file_then_its_directory(Fixture& f) {
   fs::create_directory(f.root + "/big");
   f.write("big/data.bin", 1 << 20);
   f.start();
   fs::rename(f.root + "/big/data.bin", f.root + "/big/renamed.bin");
   fs::rename(f.root + "/big", f.root + "/moved");
+}
+
+TEST_CASE("a file renamed, then its directory, each event seen after both moves") {
+  Fixture f;
+  rename_file_then_its_directory(f);
 
   f.event(ChangeEvent::Kind::Renamed, "big/data.bin", "big/renamed.bin");
   f.handle_queued();
@@ -107,11 +113,7 @@ TEST_CASE("a file renamed, then its directory, each event seen after both moves"
 
 TEST_CASE("the same two renames reported together") {
   Fixture f;
-  fs::create_directory(f.root + "/big");
-  f.write("big/data.bin", 1 << 20);
-  f.start();
-  fs::rename(f.root + "/big/data.bin", f.root + "/big/renamed.bin");
-  fs::rename(f.root + "/big", f.root + "/moved");
+  rename_file_then_its_directory(f);
   ChangeEvent first, second;
   first.kind = second.kind = ChangeEvent::Kind::Renamed;
   first.path = "big/data.bin";
