@@ -1,6 +1,6 @@
 """Fault injection with real daemons: kill -9 in the middle of a two-way
-workload, kill -9 at the exact moment between making the server's journal
-durable and committing its index, a network partition in the middle of a
+workload, kill -9 at the exact moment between making the server's (or a
+write-back client's) journal durable and committing its index, a network partition in the middle of a
 large download, a client whose disk fills up, a server whose disk fills up
 while a write-back client reintegrates, and a local write in the very moment
 the daemon puts an update in place. Every wait is on a
@@ -418,6 +418,47 @@ def test_kill9_between_journal_and_index_journals_each_change_once(cluster, tmp_
     assert sorted(created) == sorted(set(created)), created
     assert client.fileset(FSET)["last_rcvd"] == records[-1]["recno"]
     assert "journaled but the daemon stopped before indexing" in server.log_text()
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_write_back_client_killed_between_journal_and_index(cluster, point):
+    """The crash points of the server, on a write-back client journaling its
+    own changes: after the restart every change reaches the server once,
+    without a conflict or a copy."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is missing: it stops the daemon at the crash point")
+    (cluster.server_root / "old.txt").write_bytes(b"old\n")
+    (cluster.server_root / "gone.txt").write_bytes(b"gone\n")
+    cluster.start_server()
+    client = cluster.add_client(write_back="true")
+    wait_settled(cluster, what="initial replication")
+    root = client.root
+    kml = root / ".intermezzo" / FSET / "kml"
+    db = client.state / f"{FSET}.db"
+    target = {"kml": kml, "index-wal": Path(f"{db}-wal")}[CRASH_POINTS[point][0]]
+    tracer = kill_at_syscall(client.proc.pid, target, CRASH_POINTS[point][1])
+    try:
+        (root / "new").mkdir()
+        (root / "new" / "a.txt").write_bytes(b"a\n" * 1000)
+        (root / "old.txt").write_bytes(b"changed\n")
+        os.rename(root / "gone.txt", root / "new" / "moved.txt")
+        wait_for(lambda: client.proc.poll() is not None, what="the client to be killed at "
+                 f"{CRASH_POINTS[point][1]} on {target.name}")
+    finally:
+        tracer.kill()
+        tracer.wait()
+    client.kill9()
+    # The crash point was hit with the changes written to the client's journal.
+    assert any(r["op"] == "MKDIR" and r["path"] == "new" for r in kml_records(kml))
+    client.start()
+    wait_settled(cluster, what="convergence after the restart")
+    snap = tree_snapshot(cluster.server_root)
+    assert (cluster.server_root / "old.txt").read_bytes() == b"changed\n"
+    assert (cluster.server_root / "new" / "a.txt").read_bytes() == b"a\n" * 1000
+    assert (cluster.server_root / "new" / "moved.txt").read_bytes() == b"gone\n"
+    assert not (cluster.server_root / "gone.txt").exists()
+    assert not [k for k in snap if ".conflict-" in k], snap
+    assert cluster.server.fileset(FSET)["conflicts"] == 0
 
 
 def test_a_rename_whose_answer_a_crash_lost_is_the_base_of_the_next_change(cluster):
