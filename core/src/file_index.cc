@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <cstring>
+#include <mutex>
 
 #include "path_util.h"
 
@@ -129,6 +130,7 @@ const FileState* FileIndex::find(const std::string& path) const {
 }
 
 void FileIndex::put(const std::string& path, const FileState& st) {
+  std::unique_lock lock(change_lock_);
   auto it = entries_.find(path);
   if (it != entries_.end()) {
     unindex_content(path, it->second);
@@ -141,6 +143,7 @@ void FileIndex::put(const std::string& path, const FileState& st) {
 }
 
 void FileIndex::erase(const std::string& path) {
+  std::unique_lock lock(change_lock_);
   auto it = entries_.find(path);
   if (it == entries_.end()) return;
   unindex_content(path, it->second);
@@ -175,6 +178,14 @@ void FileIndex::rename_tree(const std::string& from, const std::string& to) {
     }
   }
   for (auto& [p, st] : states) put(p, st);
+}
+
+bool FileIndex::has_content(const std::string& path, const Hash& id) const {
+  std::shared_lock lock(change_lock_);
+  auto it = entries_.find(path);
+  if (it != entries_.end() && it->second.content_id == id) return true;
+  auto c = by_content_.find(id);
+  return c != by_content_.end() && !c->second.empty();
 }
 
 std::optional<std::string> FileIndex::path_of_content(const Hash& id) const {

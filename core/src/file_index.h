@@ -16,6 +16,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <shared_mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -89,6 +90,10 @@ class FileIndex {
   std::vector<std::string> paths_under(const std::string& dir) const;
   // Some path whose content id is `id`, if any.
   std::optional<std::string> path_of_content(const Hash& id) const;
+  // Whether `path`, or any path, holds content `id`. The one reading that
+  // may run while another thread changes the index (a client plans its
+  // next batch while the last one is applied): put and erase exclude it.
+  bool has_content(const std::string& path, const Hash& id) const;
 
   const std::map<std::string, FileState>& entries() const { return entries_; }
   size_t size() const { return entries_.size(); }
@@ -108,6 +113,7 @@ class FileIndex {
 
   sqlite3* db_ = nullptr;
   std::string db_path_;
+  mutable std::shared_mutex change_lock_;  // see has_content
   std::map<std::string, FileState> entries_;
   std::unordered_map<Hash, std::set<std::string>, HashKey> by_content_;
   std::set<std::string> dirty_;  // put or erased since the last commit

@@ -63,8 +63,8 @@ std::string server_answer(int status, std::string_view body) {
 
 namespace {
 
-// Everything the thread-pool job needs; the loop does not touch the index
-// while a job runs.
+// Everything the thread-pool job needs; while a job runs, the loop reads
+// the index only through FileIndex::has_content (planning the next batch).
 struct ApplyJob {
   uv_work_t work{};
   std::unique_ptr<FilesetClient::Batch> batch;
@@ -540,9 +540,8 @@ void FilesetClient::next_batch() {
       r.opcode = KmlOp::Noop;
     }
     if (r.opcode == KmlOp::Content && r.size > 0 && !wanted.count(r.hash)) {
-      const FileState* idx = index_->find(r.path);
-      bool have = !refetch_.count(r.hash) &&
-                  ((idx && idx->content_id == r.hash) || index_->path_of_content(r.hash));
+      // (The batch before may be being applied: has_content is the safe read.)
+      bool have = !refetch_.count(r.hash) && index_->has_content(r.path, r.hash);
       // Data on demand: only pinned files are fetched now, the others
       // become placeholders until a user opens them.
       if (config_.data_on_demand && !pinned(r.path)) have = true;
@@ -822,10 +821,8 @@ void FilesetClient::prefetch_large() {
       ahead += it->second.size;
       continue;
     }
-    const FileState* idx = index_->find(r.path);
-    if (!refetch_.count(r.hash) &&
-        ((idx && idx->content_id == r.hash) || index_->path_of_content(r.hash))) {
-      continue;  // here already
+    if (!refetch_.count(r.hash) && index_->has_content(r.path, r.hash)) {
+      continue;  // here already (has_content: a batch may be being applied)
     }
     struct stat st;
     std::string final_path = dir_.tmp + "/" + hash_hex(r.hash);
