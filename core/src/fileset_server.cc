@@ -510,6 +510,23 @@ void FilesetServer::serve_upload(const std::string& hex, const ParsedTarget& t,
     return respond(*w, 400,
                    "upload: offset and size must be whole numbers, the piece within size\n");
   }
+  // The whole part takes its final name; false once the failure is answered.
+  auto complete = [&] {
+    if (::rename(part.c_str(), done.c_str()) == 0) {
+      upload_error_.clear();
+      return true;
+    }
+    upload_error_ = fmt::format("completing an upload from {} failed: {}", client, strerror(errno));
+    log_error("fileset '{}': {} ({})", config_.name, upload_error_, part);
+    respond(*w, 500, "upload: cannot complete\n");
+    return false;
+  };
+  if (have == *size && have > 0) {
+    // Whole already: the daemon stopped between the last piece and its
+    // completion. Completed now, or the client would send it forever.
+    if (complete()) respond(*w, 200, "complete\n", "text/plain", std::move(h));
+    return;
+  }
   if (*offset != have)
     return respond(*w, 409, "upload: wrong offset\n", "text/plain", std::move(h));
   int fd = ::open(part.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
@@ -522,15 +539,7 @@ void FilesetServer::serve_upload(const std::string& hex, const ParsedTarget& t,
     return respond(*w, e == ENOSPC ? 507 : 500,
                    std::string("upload failed: ") + strerror(e) + "\n");
   }
-  if (*offset + request.body.size() == *size) {
-    if (::rename(part.c_str(), done.c_str()) != 0) {
-      upload_error_ =
-          fmt::format("completing an upload from {} failed: {}", client, strerror(errno));
-      log_error("fileset '{}': {} ({})", config_.name, upload_error_, part);
-      return respond(*w, 500, "upload: cannot complete\n");
-    }
-    upload_error_.clear();
-  }
+  if (*offset + request.body.size() == *size && !complete()) return;
   h.set("X-Intersync-Offset", std::to_string(*offset + request.body.size()));
   respond(*w, 200, "ok\n", "text/plain", std::move(h));
 }
